@@ -1,0 +1,24 @@
+"""cepd-deploy: run CNNs compressed with CEPD (TT low-rank + filter-sparse) fast on real hardware."""
+
+from cepd_deploy.errors import CEPDError
+from cepd_deploy.model.convert import convert
+from cepd_deploy.model.format import load, save
+from cepd_deploy.model.layers import CEPDConv2d
+from cepd_deploy.model.zoo import ZOO, build_model
+from cepd_deploy.plan.ir import Plan
+from cepd_deploy.plan.lower import lower
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CEPDConv2d",
+    "CEPDError",
+    "Plan",
+    "ZOO",
+    "__version__",
+    "build_model",
+    "convert",
+    "load",
+    "lower",
+    "save",
+]

@@ -1,0 +1,62 @@
+"""``cepd-deploy convert``: a zoo model (or model file) -> CEPD model file at a target."""
+
+from __future__ import annotations
+
+import argparse
+
+from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_json
+from cepd_deploy.errors import CEPDError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="replace convs by CEPD convs at a FLOPs/params target or from a rank config",
+        description="Convert a model's Conv2d layers to CEPD convs (TT-SVD + l1 filter selection: "
+        "the paper's direct method) and save a CEPD model file.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arch", help="zoo architecture (random weights unless --weights)")
+    src.add_argument("--model", help="an existing model file to convert")
+    p.add_argument("--weights", help="a model file with trained dense weights for --arch")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--flops-remaining", type=fraction, help="target fraction of dense MACs, e.g. 0.461")
+    goal.add_argument("--params-remaining", type=fraction, help="target fraction of dense params")
+    goal.add_argument("--config", help="YAML/JSON per-layer ranks (see README)")
+    p.add_argument("--sparsity", type=float, default=0.9, help="filter sparsity of S (default 0.9)")
+    p.add_argument("--layout", default="o-k-i",
+                   help="TT layout: o-k-i (default), eq9, oo-k-ii or a spec like 'o1|o2|k|i1|i2'")
+    p.add_argument("--convert-first", action="store_true", help="also convert the first conv")
+    p.add_argument("-o", "--output", required=True, help="output model file (.pt)")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cepd_deploy.model.convert import convert
+    from cepd_deploy.model.format import load, resolve, save
+    from cepd_deploy.model.zoo import build_model
+    from cepd_deploy.plan.cost import totals
+    from cepd_deploy.plan.lower import lower
+
+    out = output_path(args.output)
+    if args.arch:
+        model, shape, _ = resolve(args.arch)
+        if args.weights:
+            model = load(args.weights, template=build_model(args.arch))
+    else:
+        if args.weights:
+            raise CEPDError("--weights goes with --arch")
+        model, shape, _ = resolve(args.model)
+    cepd = convert(model, flops_remaining=args.flops_remaining, params_remaining=args.params_remaining,
+                   config=args.config, sparsity=args.sparsity, layout=args.layout,
+                   input_shape=shape, convert_first=args.convert_first)  # fmt: skip
+    if hasattr(model, "cepd_arch"):
+        cepd.cepd_arch = model.cepd_arch
+    save(cepd, out, input_shape=shape)
+    t = totals(lower(cepd, shape))
+    if args.json:
+        print_json({"output": str(out), "totals": t})
+    else:
+        print(f"wrote {out}: {t['flops_remaining']:.1%} FLOPs, {t['params_remaining']:.1%} params remaining")
+    return 0

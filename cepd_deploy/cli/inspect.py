@@ -1,0 +1,36 @@
+"""``cepd-deploy inspect``: the per-layer table of a model's Plan and its totals."""
+
+from __future__ import annotations
+
+import argparse
+
+from cepd_deploy.cli.common import add_json_arg, add_model_arg, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="per-layer structure, params and MACs of a model file or zoo model",
+        description="Lower a model to its Plan and print, per conv/linear layer: weight shape, "
+        "TT layout and factorisation, ranks, kept filters, contraction order, params and MACs.",
+    )
+    add_model_arg(p)
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cepd_deploy.model.format import resolve
+    from cepd_deploy.plan.cost import totals
+    from cepd_deploy.plan.lower import lower
+    from cepd_deploy.plan.report import layer_rows
+
+    model, shape, label = resolve(args.model, args.input_shape)
+    plan = lower(model, shape)
+    if args.json:
+        print_json({"model": label, "input_shape": list(shape), "layers": layer_rows(plan),
+                    "totals": totals(plan)})  # fmt: skip
+    else:
+        print(f"{label}  input {tuple(shape)}")
+        print(plan.summary())
+    return 0

@@ -1,0 +1,286 @@
+"""``convert``: replace the Conv2d layers of any model by CEPD convs (the direct method).
+
+Either an explicit per-layer config, or a global target (FLOPs or params remaining) solved by
+rank allocation: every converted layer gets the largest ranks whose cost is at most rho times
+its dense cost, with one rho for the whole network found by bisection, then single layers are
+raised greedily to close the remaining gap. Costs come from the Plan (``plan/cost.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from torch import nn
+
+from cepd_deploy.errors import CEPDError
+from cepd_deploy.model.layers import CEPDConv2d
+from cepd_deploy.plan.cost import nodes_macs, totals
+from cepd_deploy.plan.lower import lower
+from cepd_deploy.plan.ttconv import CostFn, TTConvSpec, choose_path, lower_ttconv
+from cepd_deploy.tt import TTLayout
+
+TOLERANCE = 0.01  # the allocation hits a global target within 1% absolute
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """Ranks and kept filters for one conv."""
+
+    ranks: tuple[int, ...]
+    kappa: int
+    layout: str = "o-k-i"
+
+
+def kappa_for(out_channels: int, sparsity: float) -> int:
+    """Filters S keeps at a filter sparsity (0.9 keeps 10%, rounded)."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise CEPDError(f"sparsity must be in [0, 1], got {sparsity}")
+    return int(round(out_channels * (1.0 - sparsity)))
+
+
+def convert(
+    model: nn.Module,
+    *,
+    flops_remaining: float | None = None,
+    params_remaining: float | None = None,
+    config: dict | str | Path | None = None,
+    sparsity: float = 0.9,
+    layout: str = "o-k-i",
+    input_shape: Sequence[int] | None = None,
+    convert_first: bool = False,
+    cost: CostFn = nodes_macs,
+) -> nn.Module:
+    """A copy of ``model`` whose Conv2d layers are CEPD convs.
+
+    Give exactly one of ``flops_remaining``, ``params_remaining`` (fractions of the dense
+    model, solved within 1% absolute) or ``config`` (a dict or a YAML/JSON file: ``layers``
+    maps module names or glob patterns to ``ranks`` and ``sparsity``/``kappa``/``layout``).
+    Grouped convs, the first conv (unless ``convert_first``) and layers where no rank is
+    cheaper than dense stay dense. ``cost`` scores contraction orders (default: MACs).
+
+    >>> small = convert(build_model("resnet20"), flops_remaining=0.5)   # doctest: +SKIP
+    """
+    given = [x is not None for x in (flops_remaining, params_remaining, config)]
+    if sum(given) != 1:
+        raise CEPDError("give exactly one of flops_remaining, params_remaining or config")
+    shape = _input_shape(model, input_shape)
+    model = copy.deepcopy(model).eval()
+    dense = lower(model, shape, cost=cost)
+    convs = _candidates(model, dense, convert_first)
+    if config is not None:
+        choices = _from_config(_read_config(config), convs, sparsity, layout)
+    else:
+        metric = "macs" if flops_remaining is not None else "params"
+        target = flops_remaining if flops_remaining is not None else params_remaining
+        choices = allocate(dense, convs, target, metric, sparsity, layout, cost)
+    for name, choice in choices.items():
+        _replace(model, name, CEPDConv2d.from_conv(convs[name], ranks=choice.ranks,
+                                                   kappa=choice.kappa, layout=choice.layout))  # fmt: skip
+    if hasattr(model, "cepd_arch"):
+        model.cepd_arch = dict(model.cepd_arch)
+    return model
+
+
+def _input_shape(model: nn.Module, input_shape) -> tuple[int, ...]:
+    if input_shape is None:
+        arch = getattr(model, "cepd_arch", None)
+        if arch is None:
+            raise CEPDError("input_shape is required for a model that is not from the zoo")
+        from cepd_deploy.model.zoo import input_shape as zoo_shape
+
+        return (1, *zoo_shape(arch["name"]))
+    shape = tuple(int(s) for s in input_shape)
+    return shape if len(shape) == 4 else (1, *shape)
+
+
+def _candidates(model: nn.Module, dense, convert_first: bool) -> dict[str, nn.Conv2d]:
+    """Convs that may become CEPD convs, in execution order."""
+    modules = dict(model.named_modules())
+    out = {}
+    first = True
+    for name, info in dense.layers.items():
+        if info.kind != "conv":
+            continue
+        conv = modules.get(name)
+        skip = first and not convert_first
+        first = False
+        if skip or not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+            continue
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            continue
+        out[name] = conv
+    return out
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+# -- explicit config -------------------------------------------------------------------------
+def _read_config(config: dict | str | Path) -> dict:
+    if isinstance(config, dict):
+        return config
+    path = Path(config)
+    if not path.is_file():
+        raise CEPDError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise CEPDError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
+        raise CEPDError(f"{path}: a config needs a 'layers' mapping of name/pattern -> ranks")
+    return data
+
+
+def _from_config(
+    cfg: dict, convs: dict[str, nn.Conv2d], sparsity: float, layout: str
+) -> dict[str, LayerChoice]:
+    default_sparsity = float(cfg.get("sparsity", sparsity))
+    default_layout = str(cfg.get("layout", layout))
+    choices = {}
+    unmatched = set(cfg["layers"])
+    for name, conv in convs.items():
+        for pattern, entry in cfg["layers"].items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                unmatched.discard(pattern)
+                choices[name] = _choice(name, conv, entry, default_sparsity, default_layout)
+                break
+    if unmatched:
+        raise CEPDError(f"config names no convertible conv: {sorted(unmatched)[0]!r}")
+    return choices
+
+
+def _choice(name, conv, entry, sparsity, layout) -> LayerChoice:
+    if not isinstance(entry, dict) or "ranks" not in entry:
+        raise CEPDError(f"config entry for {name!r} needs 'ranks'")
+    try:
+        ranks = tuple(int(r) for r in entry["ranks"])
+        kappa = int(entry["kappa"]) if "kappa" in entry else kappa_for(
+            conv.out_channels, float(entry.get("sparsity", sparsity)))  # fmt: skip
+    except (TypeError, ValueError):
+        raise CEPDError(f"config entry for {name!r}: ranks/kappa must be integers") from None
+    lay = str(entry.get("layout", layout))
+    tt = TTLayout.parse(lay, conv.out_channels, conv.in_channels, tuple(conv.kernel_size))
+    tt.clip_ranks(ranks)
+    if not 0 <= kappa <= conv.out_channels:
+        raise CEPDError(f"config entry for {name!r}: kappa {kappa} not in [0, {conv.out_channels}]")
+    return LayerChoice(ranks, kappa, lay)
+
+
+# -- global target ---------------------------------------------------------------------------
+def rank_candidates(max_ranks: tuple[int, ...], count: int = 48) -> list[tuple[int, ...]]:
+    """Rank tuples scaled uniformly from 1 to the useful maximum (at most ``count``)."""
+    top = max(max_ranks)
+    qs = sorted({max(1, round(top ** (k / (count - 1)))) for k in range(count)} | {1, top})
+    qs = sorted(set(qs) | set(range(1, min(top, 16) + 1)))
+    out = []
+    for q in qs:
+        r = tuple(min(m, max(1, math.ceil(q * m / top))) for m in max_ranks)
+        if not out or r != out[-1]:
+            out.append(r)
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _layer_costs(spec_key, metric: str, cost: Callable) -> tuple[float, ...]:
+    lay, in_shape, stride, padding, dilation, kappa, candidates = spec_key
+    out = []
+    for ranks in candidates:
+        spec = TTConvSpec(lay, ranks, kappa, stride, padding, dilation)
+        if metric == "params":
+            kh, kw = lay.kernel
+            out.append(lay.params(ranks) + kappa * lay.in_channels * kh * kw)
+        else:
+            path = choose_path(spec, in_shape, cost)
+            out.append(cost(lower_ttconv(spec, "_", "_x", in_shape, path)))
+    return tuple(out)
+
+
+def allocate(
+    dense,
+    convs: dict[str, nn.Conv2d],
+    target: float,
+    metric: str,
+    sparsity: float,
+    layout: str,
+    cost: CostFn = nodes_macs,
+) -> dict[str, LayerChoice]:
+    """Per-layer ranks whose total ``metric`` ("macs" or "params") is ``target`` x dense."""
+    if not 0.0 < target <= 1.0:
+        raise CEPDError(f"the {metric} target must be in (0, 1], got {target}")
+    base = totals(dense)
+    total_dense = base["macs"] if metric == "macs" else base["params"]
+    rows = []  # (name, dense cost, candidate ranks, their costs, kappa)
+    for name, conv in convs.items():
+        info = dense.layers[name]
+        lay = TTLayout.parse(layout, conv.out_channels, conv.in_channels, tuple(conv.kernel_size))
+        kappa = kappa_for(conv.out_channels, sparsity)
+        cands = tuple(rank_candidates(lay.max_ranks))
+        key = (lay, info.in_shape, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
+               kappa, cands)  # fmt: skip
+        costs = _layer_costs(key, metric, cost)
+        d = cost(dense.layer_nodes(name)) if metric == "macs" else info.dense_params
+        # keep only candidates cheaper than dense (the bias is the same either way)
+        bias = 0 if metric == "macs" else conv.out_channels
+        keep = [(c + bias, r) for c, r in zip(costs, cands) if c + bias < d]
+        if keep:
+            rows.append((name, d, keep + [(d, None)], kappa))  # None: stay dense
+    fixed = total_dense - sum(r[1] for r in rows)
+
+    def pick(rho: float) -> list[int]:
+        out = []
+        for _, d, keep, _ in rows:
+            k = 0
+            while k + 1 < len(keep) and keep[k + 1][0] <= rho * d:
+                k += 1
+            out.append(k)
+        return out
+
+    def total(sel: list[int]) -> float:
+        return fixed + sum(rows[i][2][k][0] for i, k in enumerate(sel))
+
+    lowest = total([0] * len(rows)) / total_dense
+    if target < lowest - TOLERANCE:
+        raise CEPDError(
+            f"{metric} target {target:.3f} is unreachable: the best reachable is {lowest:.3f}"
+        )
+    goal = target * total_dense
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(pick(mid)) <= goal else (lo, mid)
+    sel = pick(lo)
+    improved = True
+    while improved:  # raise single layers while the total stays at or under the goal
+        improved = False
+        for i in sorted(range(len(rows)), key=lambda i: -rows[i][1]):
+            if sel[i] + 1 < len(rows[i][2]):
+                trial = sel[:i] + [sel[i] + 1] + sel[i + 1 :]
+                if total(trial) <= goal:
+                    sel, improved = trial, True
+    achieved = total(sel) / total_dense
+    if abs(achieved - target) > TOLERANCE:
+        raise CEPDError(
+            f"{metric} target {target:.3f} cannot be met within {TOLERANCE:.0%}: "
+            f"the closest reachable is {achieved:.3f}"
+        )
+    return {
+        rows[i][0]: LayerChoice(rows[i][2][k][1], rows[i][3], layout)
+        for i, k in enumerate(sel)
+        if rows[i][2][k][1] is not None
+    }

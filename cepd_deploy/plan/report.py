@@ -1,0 +1,64 @@
+"""Per-layer rows and a printable summary of a Plan (what ``inspect`` shows)."""
+
+from __future__ import annotations
+
+from cepd_deploy.plan.cost import node_macs, node_params, totals
+from cepd_deploy.plan.ir import Plan
+
+
+def layer_rows(plan: Plan) -> list[dict]:
+    """One row per source conv/linear layer: structure, params and MACs from the Plan."""
+    rows = []
+    for name, info in plan.layers.items():
+        nodes = plan.layer_nodes(name)
+        rows.append({
+            "name": name,
+            "kind": info.kind,
+            "weight_shape": list(info.weight_shape),
+            "layout": info.layout or "dense",
+            "factors": info.factors,
+            "ranks": list(info.ranks),
+            "kept_filters": info.kappa,
+            "order": info.path or "dense",
+            "ops": len(nodes),
+            "params": sum(node_params(n, plan) for n in nodes),
+            "macs": sum(node_macs(n) for n in nodes),
+            "dense_params": info.dense_params,
+            "dense_macs": info.dense_macs,
+        })  # fmt: skip
+    return rows
+
+
+def format_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A plain-text table; ``align`` has one 'l' or 'r' per column (default: text left)."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    align = align or "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l"
+                             for i in range(len(headers)))  # fmt: skip
+
+    def line(r):
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(r, widths, align))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def summary(plan: Plan) -> str:
+    """The per-layer table and the totals line."""
+    headers = ["layer", "weight", "layout", "factors", "ranks", "kept", "order", "params", "MACs"]
+    rows = [[r["name"], "x".join(map(str, r["weight_shape"])), r["layout"], r["factors"] or "-",
+             ",".join(map(str, r["ranks"])) or "-", r["kept_filters"] if r["kind"] == "cepd" else "-",
+             r["order"], _si(r["params"]), _si(r["macs"])] for r in layer_rows(plan)]  # fmt: skip
+    t = totals(plan)
+    foot = (
+        f"total: {_si(t['macs'])} MACs of {_si(t['dense_macs'])} dense "
+        f"({t['flops_remaining']:.1%} FLOPs remaining), {_si(t['params'])} params of "
+        f"{_si(t['dense_params'])} ({t['params_remaining']:.1%} remaining), {t['ops']} ops"
+    )
+    return format_table(headers, rows, "lllllrlrr") + "\n" + foot

@@ -1,0 +1,214 @@
+"""Lowering of one CEPD conv (TT chain + filter-sparse branch) to Plan nodes and their weights.
+
+Used by the whole-model lowering and by ``CEPDConv2d.forward`` itself, so the layer runs exactly
+the ops the Plan describes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cepd_deploy.plan.contraction import (
+    DENSE,
+    Path,
+    core_labels,
+    enumerate_paths,
+    label_sizes,
+    step_dims,
+    step_weight,
+)
+from cepd_deploy.plan.ir import Epilogue, Node, Op
+from cepd_deploy.tt import TTLayout, tt_full
+
+CostFn = Callable[[Sequence[Node]], float]
+
+
+@dataclass(frozen=True)
+class TTConvSpec:
+    """Everything static about a CEPD conv."""
+
+    layout: TTLayout
+    ranks: tuple[int, ...]
+    kappa: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def subsamples(self) -> bool:
+        """A strided 1x1 conv without padding: subsample first, then everything runs small."""
+        return (
+            self.layout.kernel == (1, 1) and self.padding == (0, 0) and self.stride != (1, 1)
+        )
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+            self.layout.kernel,
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def lower_ttconv(
+    spec: TTConvSpec,
+    name: str,
+    x: str,
+    in_shape: tuple[int, ...],
+    path: Path | str,
+    *,
+    scale: bool = False,
+    bias: bool = False,
+    index: Sequence[int] | None = None,
+) -> list[Node]:
+    """Nodes of one CEPD conv for one contraction path (or ``"dense"``).
+
+    ``scale``/``bias``: whether the layer's last op carries a per-channel scale/bias epilogue
+    (consts ``{name}.scale`` / ``{name}.bias``).
+    """
+    lay = spec.layout
+    n, _, h, w = in_shape
+    ho, wo = spec.out_hw(h, w)
+    out_shape = (n, lay.out_channels, ho, wo)
+    epi = Epilogue(scale=f"{name}.scale" if scale else None, bias=f"{name}.bias" if bias else None)
+    conv_attrs = dict(
+        kernel=lay.kernel, stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=1
+    )
+    if path == DENSE:
+        attrs = dict(conv_attrs, outer=1, cin=lay.in_channels, cout=lay.out_channels)
+        return [Node(Op.CONV, f"{name}.conv", (x,), f"{name}.out", (in_shape,), out_shape,
+                     (f"{name}.w",), attrs, epi, name)]  # fmt: skip
+    assert isinstance(path, Path)
+    nodes: list[Node] = []
+    sizes = label_sizes(lay, spec.ranks)
+    cur, cur_shape, stride = x, in_shape, spec.stride
+    if spec.subsamples:
+        cur_shape = (n, lay.in_channels, ho, wo)
+        nodes.append(Node(Op.MAXPOOL, f"{name}.sub", (x,), f"{name}.sub", (in_shape,), cur_shape,
+                          attrs=dict(kernel=(1, 1), stride=stride, padding=(0, 0)), layer=name))  # fmt: skip
+        cur, stride = f"{name}.sub", (1, 1)
+    x_branch, x_branch_shape = cur, cur_shape
+    for k, step in enumerate(path.steps):
+        hw = cur_shape[2:]
+        if step.perm is not None:
+            cur = _permute(nodes, f"{name}.p{k}", cur, cur_shape, step.before, step.perm, sizes, name)
+        outer, cin, cout, inner = step_dims(step, sizes)
+        if step.conv:
+            attrs = dict(conv_attrs, stride=stride, outer=outer, cin=cin, cout=cout)
+            hw = _conv_hw(hw, lay.kernel, stride, spec.padding, spec.dilation)
+            op = Op.CONV
+        else:
+            attrs = dict(outer=outer, cin=cin, cout=cout, inner=inner)
+            op = Op.MATMUL
+        shape = (n, math.prod(sizes[x] for x in step.after), *hw)
+        out = f"{name}.t{k}"
+        nodes.append(Node(op, out, (cur,), out, (cur_shape,), shape, (f"{name}.t{k}.w",), attrs,
+                          layer=name))  # fmt: skip
+        cur, cur_shape = out, shape
+    if path.final_perm is not None:
+        cur = _permute(nodes, f"{name}.pf", cur, cur_shape, path.final_before, path.final_perm,
+                       sizes, name)  # fmt: skip
+    if spec.kappa > 0:
+        idx = tuple(int(i) for i in (range(spec.kappa) if index is None else index))
+        s_attrs = dict(conv_attrs, stride=stride, outer=1, cin=lay.in_channels, cout=spec.kappa)
+        s_shape = (n, spec.kappa, ho, wo)
+        nodes.append(Node(Op.CONV, f"{name}.s", (x_branch,), f"{name}.s", (x_branch_shape,),
+                          s_shape, (f"{name}.s.w",), s_attrs, layer=name))  # fmt: skip
+        nodes.append(Node(Op.SCATTER_ADD, f"{name}.scatter", (cur, f"{name}.s"), f"{name}.scatter",
+                          (out_shape, s_shape), out_shape, (), {"index": idx}, layer=name))  # fmt: skip
+    last = nodes[-1]
+    nodes[-1] = _replace(last, output=f"{name}.out", epilogue=epi)
+    return nodes
+
+
+def _replace(node: Node, **kw) -> Node:
+    from dataclasses import replace
+
+    return replace(node, **kw)
+
+
+def _conv_hw(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
+    return tuple(
+        (hw[d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in (0, 1)
+    )
+
+
+def _permute(nodes, nm, cur, cur_shape, labels_after, perm, sizes, layer) -> str:
+    before = [None] * len(perm)
+    for dst, src in enumerate(perm):
+        before[src] = labels_after[dst]
+    axes = tuple(sizes[x] for x in before)
+    nodes.append(Node(Op.PERMUTE, nm, (cur,), nm, (cur_shape,), cur_shape,
+                      attrs=dict(axes=axes, perm=perm), layer=layer))  # fmt: skip
+    return nm
+
+
+def choose_path(
+    spec: TTConvSpec, in_shape: tuple[int, ...], cost: CostFn, *, scale: bool = False
+) -> Path | str:
+    """The cheapest of every contraction order and the dense rebuild, by ``cost`` over nodes.
+
+    Ties prefer fewer ops (fewer PERMUTEs), then the TT chain over the dense rebuild.
+    """
+    best = None
+    for path in (*enumerate_paths(spec.layout), DENSE):
+        nodes = lower_ttconv(spec, "_", "_x", in_shape, path, scale=scale)
+        key = (cost(nodes), len(nodes), path == DENSE)
+        if best is None or key < best[0]:
+            best = (key, path)
+    return best[1]
+
+
+def ttconv_weights(
+    spec: TTConvSpec,
+    name: str,
+    path: Path | str,
+    cores: Sequence[torch.Tensor],
+    s_weight: torch.Tensor,
+    s_index: torch.Tensor,
+    *,
+    scale: torch.Tensor | None = None,
+    fold_scale: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The weights of :func:`lower_ttconv`'s nodes, computed (differentiably) from the layer's
+    cores and compact S. With ``fold_scale`` a per-output-channel ``scale`` (a folded BN) is
+    multiplied into the weights; it must then be possible (see :func:`can_fold_scale`)."""
+    lay = spec.layout
+    cores = list(cores)
+    if fold_scale and scale is not None and path != DENSE:
+        cores = _scale_cores(lay, spec.ranks, cores, scale)
+    s_w = s_weight
+    if fold_scale and scale is not None:
+        s_w = s_weight * scale[s_index].reshape(-1, 1, 1, 1)
+    if path == DENSE:
+        w = lay.from_cores_tensor(tt_full(cores))
+        if spec.kappa:
+            w = w.index_add(0, s_index, s_weight)
+        if fold_scale and scale is not None:
+            w = w * scale.reshape(-1, 1, 1, 1)
+        return {f"{name}.w": w}
+    sizes = label_sizes(lay, spec.ranks)
+    out = {f"{name}.t{k}.w": step_weight(s, lay, cores[s.core], sizes) for k, s in enumerate(path.steps)}
+    if spec.kappa:
+        out[f"{name}.s.w"] = s_w
+    return out
+
+
+def can_fold_scale(layout: TTLayout) -> bool:
+    """A per-output-channel scale folds into the cores when one core owns the only O mode."""
+    return len(layout.o_factors) == 1
+
+
+def _scale_cores(lay: TTLayout, ranks, cores: list[torch.Tensor], scale: torch.Tensor) -> list:
+    c = next(j for j, core in enumerate(lay.cores) if "o1" in core)
+    sizes = label_sizes(lay, ranks)
+    labels = core_labels(lay, c)
+    shape = [sizes[x] for x in labels]
+    bshape = [sizes[x] if x == "o1" else 1 for x in labels]
+    scaled = (cores[c].reshape(shape) * scale.reshape(bshape)).reshape(cores[c].shape)
+    return cores[:c] + [scaled] + cores[c + 1 :]

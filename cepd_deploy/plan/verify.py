@@ -1,0 +1,114 @@
+"""Invariants of a Plan, as a table of rules checked after lowering and before every target."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from cepd_deploy.errors import CEPDError
+from cepd_deploy.plan.ir import EPILOGUE_OPS, WEIGHTED, Node, Op, Plan
+
+
+def _conv_out(node: Node) -> tuple[int, ...]:
+    a = node.attrs
+    n, c, h, w = node.in_shapes[0]
+    hw = [
+        (size + 2 * a["padding"][d] - a["dilation"][d] * (a["kernel"][d] - 1) - 1) // a["stride"][d] + 1
+        for d, size in enumerate((h, w))
+    ]
+    return (n, a["outer"] * a["cout"], *hw)
+
+
+def _weight_shape(node: Node) -> tuple[int, ...] | None:
+    a = node.attrs
+    if node.op is Op.CONV:
+        return (a["cout"], a["cin"] // a["groups"], *a["kernel"])
+    if node.op is Op.MATMUL:
+        return (a["cout"], a["cin"])
+    if node.op is Op.LINEAR:
+        return (node.out_shape[1], node.in_shapes[0][1])
+    return None
+
+
+def _rule_conv(node: Node, plan: Plan) -> str | None:
+    a = node.attrs
+    if node.in_shapes[0][1] != a["outer"] * a["cin"]:
+        return f"input channels {node.in_shapes[0][1]} != outer*cin {a['outer']}*{a['cin']}"
+    if a["cin"] % a["groups"] or a["cout"] % a["groups"]:
+        return "channels not divisible by groups"
+    if _conv_out(node) != node.out_shape:
+        return f"output shape {node.out_shape} != computed {_conv_out(node)}"
+    return None
+
+
+def _rule_matmul(node: Node, plan: Plan) -> str | None:
+    a = node.attrs
+    n, c, h, w = node.in_shapes[0]
+    if c != a["outer"] * a["cin"] * a["inner"]:
+        return f"input channels {c} != outer*cin*inner"
+    if node.out_shape != (n, a["outer"] * a["cout"] * a["inner"], h, w):
+        return f"output shape {node.out_shape} inconsistent with attrs"
+    return None
+
+
+def _rule_permute(node: Node, plan: Plan) -> str | None:
+    axes, perm = node.attrs["axes"], node.attrs["perm"]
+    if math.prod(axes) != node.in_shapes[0][1] or sorted(perm) != list(range(len(axes))):
+        return "axes/perm do not describe the channel dim"
+    return None
+
+
+def _rule_scatter(node: Node, plan: Plan) -> str | None:
+    index, c = node.attrs["index"], node.out_shape[1]
+    if len(set(index)) != len(index) or any(not 0 <= i < c for i in index):
+        return "scatter index must be distinct channels in range"
+    if len(index) != node.in_shapes[1][1]:
+        return "scatter index length != channels of the sparse branch"
+    return None
+
+
+OP_RULES: dict[Op, Callable[[Node, Plan], str | None]] = {
+    Op.CONV: _rule_conv,
+    Op.MATMUL: _rule_matmul,
+    Op.PERMUTE: _rule_permute,
+    Op.SCATTER_ADD: _rule_scatter,
+}
+
+
+def verify(plan: Plan) -> None:
+    """Raise :class:`CEPDError` naming the first node that breaks an invariant."""
+    known = {plan.input: plan.input_shape}
+    for node in plan.nodes:
+        problem = _check(node, plan, known)
+        if problem:
+            raise CEPDError(f"invalid plan at node {node.name!r} ({node.op.value}): {problem}")
+        known[node.output] = node.out_shape
+    if plan.output not in known:
+        raise CEPDError(f"invalid plan: output {plan.output!r} is never produced")
+
+
+def _check(node: Node, plan: Plan, known: dict) -> str | None:
+    if node.output in known:
+        return f"value {node.output!r} produced twice"
+    if len(node.inputs) != len(node.in_shapes) + (1 if node.epilogue.residual else 0):
+        return "inputs and in_shapes differ in length"
+    for x, shape in zip(node.inputs, node.in_shapes):
+        if x not in known:
+            return f"input {x!r} used before it is produced"
+        if known[x] != shape:
+            return f"input {x!r} has shape {known[x]}, node expects {shape}"
+    if node.epilogue.residual and known.get(node.inputs[-1]) != node.out_shape:
+        return "residual operand missing or of another shape"
+    if not node.epilogue.empty and node.op not in EPILOGUE_OPS:
+        return "this op cannot carry an epilogue"
+    for w in node.weights:
+        if w not in plan.consts:
+            return f"weight {w!r} missing"
+    expected = _weight_shape(node)
+    if node.op in WEIGHTED and tuple(plan.consts[node.weights[0]].shape) != expected:
+        return f"weight shape {plan.consts[node.weights[0]].shape} != {expected}"
+    for c in (node.epilogue.scale, node.epilogue.bias):
+        if c and tuple(plan.consts.get(c, [[]]).shape) != (node.out_shape[1],):
+            return f"epilogue const {c!r} missing or not per-channel"
+    rule = OP_RULES.get(node.op)
+    return rule(node, plan) if rule else None
