@@ -225,14 +225,32 @@ def tt_svd_tensor(t: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]
     cores: list[torch.Tensor] = []
     r_prev = 1
     for j, n in enumerate(sizes[:-1]):
-        mat = work.reshape(r_prev * n, -1)
-        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
-        r = min(ranks[j], s.numel())
-        cores.append(u[:, :r].reshape(r_prev, n, r).to(dtype))
-        work = s[:r, None] * vh[:r]
+        u, rest = top_svd(work.reshape(r_prev * n, -1), ranks[j])
+        r = u.shape[-1]
+        cores.append(u.reshape(r_prev, n, r).to(dtype))
+        work = rest
         r_prev = r
     cores.append(work.reshape(r_prev, sizes[-1], 1).to(dtype))
     return cores
+
+
+def top_svd(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The leading ``rank`` left singular vectors U of a (batch of) matrix A, and U^T A.
+
+    Works on the Gram matrix of the shorter side (one matmul + a small symmetric
+    eigendecomposition: several times faster than a full SVD of a wide conv unfolding), then
+    projects: U U^T A is the best rank-r approximation, and exact when r reaches full rank.
+    """
+    rows, cols = mat.shape[-2:]
+    r = min(rank, rows, cols)
+    if rows <= cols:
+        _, vecs = torch.linalg.eigh(mat @ mat.transpose(-1, -2))
+        u = vecs[..., -r:].flip(-1)
+    else:
+        vals, vecs = torch.linalg.eigh(mat.transpose(-1, -2) @ mat)
+        v = vecs[..., -r:].flip(-1)
+        u, _ = torch.linalg.qr(mat @ v)  # orthonormal basis of A's leading directions
+    return u, u.transpose(-1, -2) @ mat
 
 
 def tt_full(cores: list[torch.Tensor]) -> torch.Tensor:
@@ -277,12 +295,9 @@ def _tt_truncate_batched(t: torch.Tensor, ranks: tuple[int, ...]) -> torch.Tenso
     work = t
     r_prev = 1
     for j, n in enumerate(sizes[:-1]):
-        mat = work.reshape(b, r_prev * n, -1)
-        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
-        r = min(ranks[j], s.shape[-1])
-        core = u[..., :r].reshape(b, r_prev, n * r)
-        left = torch.bmm(left, core).reshape(b, -1, r)
-        work = s[..., :r, None] * vh[..., :r, :]
+        u, work = top_svd(work.reshape(b, r_prev * n, -1), ranks[j])
+        r = u.shape[-1]
+        left = torch.bmm(left, u.reshape(b, r_prev, n * r)).reshape(b, -1, r)
         r_prev = r
     full = torch.bmm(left, work.reshape(b, r_prev, -1))
     return full.reshape(b, *sizes)
