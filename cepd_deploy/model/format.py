@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -80,11 +81,17 @@ def read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CEPDError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        if zip_start:
+            raise CEPDError(f"{path}: not a readable CEPD model file (truncated or corrupt archive)")
+        raise CEPDError(f"{path}: not a CEPD model file (not a torch zip archive)")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not zipfile.is_zipfile(path):
-            raise CEPDError(f"{path}: not a CEPD model file (not a torch archive)") from None
         lines = [x.strip() for x in str(exc).splitlines() if "Unsupported" in x or "error:" in x]
         why = lines[0][:160] if lines else "objects outside the safe set"
         raise CEPDError(f"{path}: refused: holds code or objects a safe load forbids ({why})") from None

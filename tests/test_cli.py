@@ -1,0 +1,67 @@
+"""The command line: convert -> inspect, --help everywhere, user errors as one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cepd_deploy.cli import COMMANDS, main, parser
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cepd_deploy", *args], capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_convert_then_inspect_resnet50(tmp_path):
+    out = tmp_path / "r50.pt"
+    done = _run("convert", "--arch", "resnet50", "--flops-remaining", "0.461", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    shown = _run("inspect", str(out), "--json")
+    data = json.loads(shown.stdout)
+    assert data["totals"]["flops_remaining"] == pytest.approx(0.461, abs=0.01)
+    for key in ("macs", "params", "dense_macs", "dense_params", "params_remaining"):
+        assert key in data["totals"]
+    assert {"name", "ranks", "kept_filters", "order", "params", "macs"} <= set(data["layers"][1])
+
+
+def test_inspect_table_of_a_zoo_model(capsys):
+    assert main(["inspect", "resnet20"]) == 0
+    text = capsys.readouterr().out
+    assert "layer3.2.conv2" in text and "100.0% FLOPs remaining" in text
+
+
+def test_every_command_has_help():
+    sub = next(a for a in parser()._actions if a.dest == "command")
+    assert set(sub.choices) <= set(COMMANDS) and {"demo", "convert", "inspect"} <= set(sub.choices)
+    for name in sub.choices:
+        done = _run(name, "--help")
+        assert done.returncode == 0 and "usage" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["inspect", "no_such_model"], "neither a model file nor a zoo model"),
+        (["convert", "--arch", "resnet20", "--flops-remaining", "0.001", "-o", "{tmp}/x.pt"], "unreachable"),
+        (["convert", "--arch", "nope", "--flops-remaining", "0.5", "-o", "{tmp}/x.pt"], "neither"),
+        (["convert", "--arch", "resnet20", "--flops-remaining", "0.5", "-o", "{tmp}/no/dir/x.pt"],
+         "output folder does not exist"),
+    ],
+)  # fmt: skip
+def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    done = _run(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.pt").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bad_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    done = _run("inspect", str(bad))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
