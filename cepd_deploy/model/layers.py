@@ -65,6 +65,7 @@ class CEPDConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self._paths: dict[tuple, object] = {}
         self._nodes: dict[tuple, list] = {}
+        self._weights: tuple | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -96,8 +97,9 @@ class CEPDConv2d(nn.Module):
         """Fill L by TT-SVD of ``weight`` and S by l1 filter selection on the residual."""
         lay = self.spec.layout
         cores = tt_svd(weight, lay, self.spec.ranks)
-        for p, c in zip(self.cores, cores):
-            p.copy_(c)
+        for p, c in zip(self.cores, cores):  # a rank the data cannot fill is zero-padded
+            p.zero_()
+            p[: c.shape[0], :, : c.shape[2]].copy_(c)
         residual = weight - lay.from_cores_tensor(tt_full(cores))
         index = select_filters(residual, self.spec.kappa)
         self.s_index.copy_(index)
@@ -177,10 +179,19 @@ class CEPDConv2d(nn.Module):
             self._nodes[key] = lower_ttconv(self.spec, "l", "x", shape, path,
                                             bias=self.bias is not None, index=key[1])  # fmt: skip
         nodes = self._nodes[key]
+        return run_nodes(nodes, {"x": x}, self._step_weights(path))["l.out"]
+
+    def _step_weights(self, path) -> dict[str, torch.Tensor]:
+        """The step weights of ``path``; cached for inference while the parameters are unchanged."""
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        version = (id(path), *(p._version for p in self.parameters()), self.s_index._version)
+        if not grad and self._weights is not None and self._weights[0] == version:
+            return self._weights[1]
         weights = ttconv_weights(self.spec, "l", path, self.cores, self.s_weight, self.s_index)
         if self.bias is not None:
             weights["l.bias"] = self.bias
-        return run_nodes(nodes, {"x": x}, weights)["l.out"]
+        self._weights = None if grad else (version, {k: v.detach() for k, v in weights.items()})
+        return weights
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same layer through one dense conv of :meth:`reconstruct` (for checks)."""

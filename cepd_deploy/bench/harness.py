@@ -1,0 +1,135 @@
+"""``run_bench``: dense baseline + CEPD models at FLOPs points, on every target, one table.
+
+Measured targets time dense and CEPD interleaved in the same loop (warm-up, then the median of
+``repeats`` rounds), so machine noise hits every model alike. Modelled targets evaluate their
+cost model on the same Plans. Every FLOPs figure comes from the Plan.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cepd_deploy.bench.adapters import MEASURED, MODELLED, TARGETS, modelled_ms, runner
+from cepd_deploy.bench.paper import paper_latency, paper_speedup
+from cepd_deploy.errors import CEPDError
+
+
+@dataclass
+class Row:
+    model: str
+    flops_remaining: float
+    target: str
+    kind: str  # "measured" or "modelled"
+    latency_ms: float
+    speedup: float = 1.0
+    ideal_fraction: float = 1.0  # speedup x FLOPs remaining (1.0 = the FLOPs ideal)
+    paper_latency_ms: float | None = None
+    paper_speedup: float | None = None
+    params_remaining: float = 1.0
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Variant:
+    label: str
+    target_flops: float
+    model: object
+    plan: object
+    flops_remaining: float
+    params_remaining: float
+
+
+def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True) -> list[Variant]:
+    """The dense model and one CEPD conversion per FLOPs point, with their Plans."""
+    from cepd_deploy import build_model, convert, lower
+    from cepd_deploy.model.zoo import input_shape
+    from cepd_deploy.plan.cost import totals
+
+    shape = (batch, *input_shape(arch))
+    base = build_model(arch).eval()
+    out = []
+    for f in tqdm([1.0, *points], desc=f"convert {arch}", disable=not progress, unit="model"):
+        model = base if f >= 1.0 else convert(base, flops_remaining=f, input_shape=shape)
+        plan = lower(model, shape)
+        t = totals(plan)
+        label = "dense" if f >= 1.0 else f"cepd{round(f * 1000)}"
+        out.append(Variant(label, f, model, plan, t["flops_remaining"], t["params_remaining"]))
+    return out
+
+
+def run_bench(
+    arch: str = "resnet50",
+    points=(0.663, 0.461, 0.371),
+    targets=TARGETS,
+    *,
+    threads: int = 2,
+    repeats: int = 15,
+    warmup: int = 3,
+    eyeriss_spec: str = "eyeriss_v1",
+    progress: bool = True,
+) -> list[Row]:
+    """Latency rows for every (model variant, target); speedups against the dense row."""
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise CEPDError(f"unknown bench target {unknown[0]!r}; valid: {', '.join(TARGETS)}")
+    if any(not 0 < f < 1 for f in points):
+        raise CEPDError("FLOPs points must lie in (0, 1)")
+    variants = build_variants(arch, points, progress=progress)
+    rows: list[Row] = []
+    for target in [t for t in targets if t in MODELLED]:
+        for v in tqdm(variants, desc=target, disable=not progress, unit="model"):
+            ms, details = modelled_ms(target, v.plan, eyeriss_spec=eyeriss_spec)
+            rows.append(_row(arch, v, target, "modelled", ms, details))
+    measured = [t for t in targets if t in MEASURED]
+    if measured:
+        rows += _measure(arch, variants, measured, threads, repeats, warmup, progress)
+    _speedups(rows)
+    return rows
+
+
+def _measure(arch, variants, targets, threads, repeats, warmup, progress) -> list[Row]:
+    x = np.random.default_rng(0).standard_normal(variants[0].plan.input_shape).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="cepd-bench-") as tmp:
+        runners = {}
+        for target in targets:
+            for v in tqdm(variants, desc=f"prepare {target}", disable=not progress, unit="model"):
+                runners[(target, v.label)] = runner(target, v.model, v.plan, threads, Path(tmp))
+        times = {key: [] for key in runners}
+        for _ in range(warmup):
+            for fn in runners.values():
+                fn(x)
+        for _ in tqdm(range(repeats), desc="timing (interleaved)", disable=not progress, unit="round"):
+            for key, fn in runners.items():
+                t0 = time.perf_counter()
+                fn(x)
+                times[key].append((time.perf_counter() - t0) * 1e3)
+    by_label = {v.label: v for v in variants}
+    rows = []
+    for (target, label), ts in times.items():
+        details = {"repeats": repeats, "threads": threads, "min_ms": min(ts), "max_ms": max(ts)}
+        rows.append(_row(arch, by_label[label], target, "measured", statistics.median(ts), details))
+    return rows
+
+
+def _row(arch, v: Variant, target: str, kind: str, ms: float, details: dict) -> Row:
+    return Row(model=f"{arch}-{v.label}", flops_remaining=round(v.flops_remaining, 4), target=target,
+               kind=kind, latency_ms=ms, paper_latency_ms=paper_latency(target, v.target_flops),
+               paper_speedup=paper_speedup(target, v.target_flops),
+               params_remaining=round(v.params_remaining, 4), details=details)  # fmt: skip
+
+
+def _speedups(rows: list[Row]) -> None:
+    dense = {r.target: r.latency_ms for r in rows if r.model.endswith("-dense")}
+    for r in rows:
+        r.speedup = dense[r.target] / r.latency_ms
+        r.ideal_fraction = r.speedup * r.flops_remaining

@@ -1,0 +1,64 @@
+"""``cepd-deploy bench``: the per-image latency table, dense vs CEPD, on every target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cepd_deploy.cli.common import output_path, print_json
+
+
+def register(sub) -> None:
+    from cepd_deploy.bench.adapters import TARGETS
+
+    p = sub.add_parser(
+        "bench",
+        help="latency of dense vs CEPD models on every target, next to the paper's table",
+        description="For the dense baseline and a CEPD conversion at each FLOPs point: per-image "
+        "latency on each target (modelled for pynq-z1 and eyeriss; measured for onnxruntime, "
+        "tvm and torch, dense and CEPD interleaved, median of --repeats), the speedup over dense "
+        "on the same target and the fraction of the FLOPs ideal (speedup x FLOPs remaining).",
+    )
+    p.add_argument("--model", default="resnet50", help="zoo architecture (default resnet50)")
+    p.add_argument("--flops-remaining", type=float, nargs="+", default=[0.663, 0.461, 0.371],
+                   metavar="F", help="CEPD operating points (default: the paper's three)")  # fmt: skip
+    p.add_argument("--targets", nargs="+", default=["pynq-z1", "eyeriss", "onnxruntime", "torch"],
+                   choices=TARGETS, metavar="T", help=f"any of: {', '.join(TARGETS)}")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for measured targets")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--eyeriss-spec", default="eyeriss_v1", help="Eyeriss preset or YAML path")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help="write the rows as JSON to PATH (or print them with no PATH)")  # fmt: skip
+    p.add_argument("--csv", metavar="PATH")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--plot", metavar="PATH", help="PNG: speedup vs FLOPs remaining per target")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cepd_deploy.bench import report as rep
+    from cepd_deploy.bench import run_bench
+    from cepd_deploy.model.format import atomic_write
+
+    outs = {k: output_path(v) for k, v in (("json", args.json), ("csv", args.csv),
+            ("markdown", args.markdown), ("plot", args.plot)) if v and v != "-"}  # fmt: skip
+    rows = run_bench(args.model, tuple(args.flops_remaining), tuple(args.targets), threads=args.threads,
+                     repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
+                     progress=not args.quiet)  # fmt: skip
+    payload = {"model": args.model, "rows": [r.to_json() for r in rows]}
+    texts = {"json": json.dumps(payload, indent=1), "csv": rep.to_csv(rows), "markdown": rep.markdown(rows)}
+    for key, path in outs.items():
+        if key == "plot":
+            atomic_write(path, lambda f: rep.plot(rows, f))
+        else:
+            atomic_write(path, lambda f, t=texts[key]: f.write(t.encode()))
+    if args.json == "-":
+        print_json(payload)
+    else:
+        print(rep.text_table(rows))
+        for path in outs.values():
+            print(f"wrote {Path(path)}")
+    return 0
