@@ -1,0 +1,100 @@
+"""Plan-level scheduling facts the handlers share: zero fractions, and what runs fused.
+
+Two fusions are modelled, both ones an RS accelerator's compiler gets for free:
+
+* *scatter into psums*: the dense result ``a`` of a CEPD layer's last TT step meets the sparse
+  branch ``b`` in the GLB (``b`` is read in as the step's initial psums), so ``SCATTER_ADD`` costs
+  the DRAM traffic of ``b`` and of its output, never a pass over ``a``;
+* *siblings*: weighted ops reading the same value with the same window geometry (a CEPD layer's
+  first 1x1 TT step and its 1x1 sparse branch, two 1x1 convs of a ResNet block) run as one conv
+  with their filters stacked, so the input is fetched once; each op is charged its MAC share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+
+from cepd_deploy.errors import CEPDError
+from cepd_deploy.plan.ir import WEIGHTED, Op, Plan
+from cepd_deploy.targets.eyeriss.problem import ConvProblem, conv_problem
+
+#: zero fraction assumed for every ReLU output unless the caller says otherwise
+DEFAULT_ZEROS = 0.5
+#: ops whose output keeps the zero fraction of their (first) input
+_KEEPS_ZEROS = frozenset({Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.PERMUTE})
+
+
+def zero_fractions(plan: Plan, zeros: float | Mapping[str, float] = DEFAULT_ZEROS) -> dict[str, float]:
+    """The zero fraction of every value: ``zeros`` (a float) for ReLU outputs, 0 for the rest, or
+    per value/node name from a mapping (``"default"`` sets the ReLU default there)."""
+    if isinstance(zeros, Mapping):
+        overrides = dict(zeros)
+        default = overrides.pop("default", DEFAULT_ZEROS)
+    else:
+        overrides, default = {}, zeros
+    by_node = {n.name: n.output for n in plan.nodes}
+    known = set(by_node.values()) | {plan.input}
+    fixed = {}
+    for key, value in overrides.items():
+        name = by_node.get(key, key)
+        if name not in known:
+            raise CEPDError(f"zeros: {key!r} is neither a node nor a value of the plan")
+        fixed[name] = _fraction(value, key)
+    default = _fraction(default, "default")
+    out = {plan.input: fixed.get(plan.input, 0.0)}
+    for node in plan.nodes:
+        if node.output in fixed:
+            z = fixed[node.output]
+        elif node.op is Op.RELU or node.epilogue.act:
+            z = default
+        elif node.op in _KEEPS_ZEROS:
+            z = out.get(node.inputs[0], 0.0)
+        elif node.op is Op.CONCAT:
+            sizes = [math.prod(s) for s in node.in_shapes]
+            z = sum(out.get(x, 0.0) * s for x, s in zip(node.inputs, sizes)) / sum(sizes)
+        else:
+            z = 0.0
+        out[node.output] = z
+    return out
+
+
+def _fraction(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise CEPDError(f"zeros: {key!r} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def fused_values(plan: Plan) -> frozenset[str]:
+    """Dense TT results that meet their sparse branch in the GLB (see the module docstring)."""
+    count = readers(plan)
+    producers = {n.output: n for n in plan.nodes}
+    fused = set()
+    for node in plan.nodes:
+        if node.op is Op.SCATTER_ADD:
+            a = node.inputs[0]
+            prod = producers.get(a)
+            if prod is not None and prod.op in WEIGHTED and prod.epilogue.empty and count.get(a) == 1:
+                fused.add(a)
+    return frozenset(fused)
+
+
+def readers(plan: Plan) -> dict[str, int]:
+    """How many ops (or the plan's output) read each value."""
+    count: dict[str, int] = {plan.output: 1}
+    for node in plan.nodes:
+        for x in node.inputs:
+            count[x] = count.get(x, 0) + 1
+    return count
+
+
+def siblings(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """Node name -> the names of the weighted nodes it runs with (itself included), for groups of
+    two or more that read the same value with the same geometry and carry no residual."""
+    groups: dict[tuple[str, ConvProblem], list[str]] = {}
+    for node in plan.nodes:
+        if node.op in WEIGHTED and not node.epilogue.residual:
+            key = (node.data_inputs[0], replace(conv_problem(node), m=1))
+            groups.setdefault(key, []).append(node.name)
+    return {name: tuple(names) for names in groups.values() if len(names) > 1 for name in names}

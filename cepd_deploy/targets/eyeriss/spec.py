@@ -1,0 +1,222 @@
+"""Accelerator specs: YAML (safe-loaded) -> validated frozen dataclasses. The simulator never sees a dict.
+
+>>> spec = load_spec("eyeriss_v1")          # a preset in hw/eyeriss/, or a path to a .yaml file
+>>> spec.array.rows * spec.array.cols
+168
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+from numpy import maximum as np_max
+
+from cepd_deploy.errors import CEPDError
+
+VERSION = 1
+#: memory levels, outermost to innermost, in the order a spec must list them
+LEVELS = ("dram", "glb", "array", "rf")
+
+
+@dataclass(frozen=True)
+class DramSpec:
+    bandwidth_mb_per_s: float
+    compression: str  # "rlc" or "none"
+    overlaps_processing: bool  # activations stream in/out while the PEs compute (else they wait)
+    access_energy_rel: float
+
+
+@dataclass(frozen=True)
+class GlbSpec:
+    size_kib: float
+    usable_kib: float  # the part that holds ifmaps and psums
+    ifmap_read_words_per_cycle: float
+    psum_read_words_per_cycle: float
+    psum_write_words_per_cycle: float
+    access_energy_rel: float
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    rows: int
+    cols: int
+    access_energy_rel: float
+
+
+@dataclass(frozen=True)
+class RfSpec:
+    filter_size_words: int
+    ifmap_size_words: int
+    psum_size_words: int
+    macs_per_cycle: float
+    filter_double_buffered: bool
+    access_energy_rel: float
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One accelerator configuration (see hw/eyeriss/eyeriss_v1.yaml for every field's meaning)."""
+
+    name: str
+    clock_mhz: float
+    word_bits: int
+    mac_energy_rel: float
+    zero_gating: bool
+    dram: DramSpec
+    glb: GlbSpec
+    array: ArraySpec
+    rf: RfSpec
+    source: str = ""
+
+    @property
+    def pes(self) -> int:
+        return self.array.rows * self.array.cols
+
+    @property
+    def word_bytes(self) -> float:
+        return self.word_bits / 8
+
+    @property
+    def glb_words(self) -> int:
+        """GLB words available to ifmaps and psums."""
+        return int(self.glb.usable_kib * 1024 / self.word_bytes)
+
+    @property
+    def dram_words_per_cycle(self) -> float:
+        return self.dram.bandwidth_mb_per_s * 1e6 / self.word_bytes / (self.clock_mhz * 1e6)
+
+    def transfer_cycles(self, processing, activation_words, filter_words=0.0):
+        """Cycles of an op given its processing cycles and its DRAM words (filters are part of
+        processing when they stall the PEs; arrays or floats)."""
+        dram = (activation_words + filter_words) / self.dram_words_per_cycle
+        if self.dram.overlaps_processing:
+            return np_max(processing, dram)
+        return processing + activation_words / self.dram_words_per_cycle
+
+    @property
+    def peak_gmacs(self) -> float:
+        return self.pes * self.rf.macs_per_cycle * self.clock_mhz / 1e3
+
+
+_LEVEL_TYPES = {"dram": DramSpec, "glb": GlbSpec, "array": ArraySpec, "rf": RfSpec}
+_TOP = {"version", "name", "description", "clock_mhz", "word_bits", "mac_energy_rel", "zero_gating", "levels"}
+_CHOICES = {"compression": ("rlc", "none")}
+
+
+def presets() -> list[str]:
+    """Names of the specs shipped in hw/eyeriss/."""
+    from cepd_deploy import hw
+
+    return sorted(p.stem for p in hw.path("eyeriss").glob("*.yaml"))
+
+
+def spec_path(spec: str | Path) -> Path:
+    """A preset name (``eyeriss_v1``) or a path to a YAML file -> the file."""
+    from cepd_deploy import hw
+
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise CEPDError(f"spec file not found: {path}")
+        return path
+    preset = hw.path("eyeriss", f"{spec}.yaml")
+    if not preset.is_file():
+        names = ", ".join(presets())
+        raise CEPDError(f"unknown Eyeriss spec {str(spec)!r}; presets: {names}, or a .yaml path")
+    return preset
+
+
+def load_spec(spec: str | Path | Spec | None = None) -> Spec:
+    """Load and validate a spec; ``None`` means the ``eyeriss_v1`` preset."""
+    if isinstance(spec, Spec):
+        return spec
+    path = spec_path(spec or "eyeriss_v1")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CEPDError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: object, source: str = "<spec>") -> Spec:
+    """Validate a spec already read from YAML; every error is one line naming the field."""
+    where = Path(source).name
+    if not isinstance(data, dict):
+        raise CEPDError(f"{where}: a spec is a YAML mapping")
+    _check_keys(data, _TOP, {"description"}, where)
+    if data["version"] != VERSION:
+        raise CEPDError(f"{where}: version: expected {VERSION}, got {data['version']!r}")
+    levels = data["levels"]
+    if not isinstance(levels, list) or not all(isinstance(x, dict) for x in levels):
+        raise CEPDError(f"{where}: levels: expected a list of mappings")
+    names = [x.get("name") for x in levels]
+    if tuple(names) != LEVELS:
+        raise CEPDError(f"{where}: levels: expected {', '.join(LEVELS)} (outermost first), got {names}")
+    parsed = {x["name"]: _level(x, where) for x in levels}
+    if parsed["glb"].usable_kib > parsed["glb"].size_kib:
+        raise CEPDError(f"{where}: glb.usable_kib: larger than glb.size_kib")
+    return Spec(
+        name=_text(data["name"], "name", where),
+        clock_mhz=_number(data["clock_mhz"], "clock_mhz", where),
+        word_bits=int(_number(data["word_bits"], "word_bits", where, integer=True)),
+        mac_energy_rel=_number(data["mac_energy_rel"], "mac_energy_rel", where, allow_zero=True),
+        zero_gating=_flag(data["zero_gating"], "zero_gating", where),
+        source=source,
+        **parsed,
+    )
+
+
+def _level(raw: dict, where: str):
+    name = raw["name"]
+    cls = _LEVEL_TYPES[name]
+    wanted = {f.name for f in fields(cls)}
+    _check_keys({k: v for k, v in raw.items() if k != "name"}, wanted, set(), f"{where}: {name}")
+    values = {}
+    for f in fields(cls):
+        key, value = f"{name}.{f.name}", raw[f.name]
+        if f.type == "bool":
+            values[f.name] = _flag(value, key, where)
+        elif f.type == "str":
+            values[f.name] = _text(value, key, where)
+            if value not in _CHOICES.get(f.name, (value,)):
+                choices = ", ".join(_CHOICES[f.name])
+                raise CEPDError(f"{where}: {key}: expected one of {choices}, got {value!r}")
+        elif f.type == "int":
+            values[f.name] = int(_number(value, key, where, integer=True))
+        else:
+            values[f.name] = _number(value, key, where, allow_zero=f.name.endswith("energy_rel"))
+    return cls(**values)
+
+
+def _check_keys(data: dict, allowed: set, optional: set, where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise CEPDError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    missing = sorted(allowed - optional - set(data))
+    if missing:
+        raise CEPDError(f"{where}: missing field {missing[0]!r}")
+
+
+def _number(value, key: str, where: str, *, integer: bool = False, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CEPDError(f"{where}: {key}: expected a number, got {value!r}")
+    if integer and value != int(value):
+        raise CEPDError(f"{where}: {key}: expected an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise CEPDError(f"{where}: {key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _flag(value, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise CEPDError(f"{where}: {key}: expected true or false, got {value!r}")
+    return value
+
+
+def _text(value, key: str, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise CEPDError(f"{where}: {key}: expected a non-empty string, got {value!r}")
+    return value

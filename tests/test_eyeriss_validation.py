@@ -1,0 +1,133 @@
+"""The Eyeriss model against silicon: AlexNet CONV1-5 at batch 4 (the acceptance table) and,
+out of sample, VGG-16 at batch 3 (JSSC 2017 Table VI).
+
+The model is a mapping search under the chip's constraints, not a fit: its only inputs from
+the papers are the chip's sizes, clock and relative energies (hw/eyeriss/eyeriss_v1.yaml) and,
+per layer, the measured fraction of zeros in the ifmaps (a property of the data, which sets the
+run-length-coded DRAM traffic).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cepd_deploy import build_model, lower
+from cepd_deploy.targets import eyeriss
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "eyeriss_v1_alexnet.csv"
+ALEXNET_CONVS = {"CONV1": "features.0", "CONV2": "features.3", "CONV3": "features.6", "CONV4": "features.8",
+                 "CONV5": "features.10"}  # fmt: skip
+# JSSC 2017 Table V, "zeros in ifmaps" of CONV1..CONV5. Each conv's output gets the next layer's
+# figure (max pooling in between keeps the fraction in the model); CONV5's output keeps its own.
+ALEXNET_IFMAP_ZEROS = [0.0001, 0.387, 0.725, 0.793, 0.776]
+
+
+def _reference() -> dict[str, dict[str, float]]:
+    if not REFERENCE.is_file():
+        pytest.skip(f"silicon reference data not found: {REFERENCE}")
+    lines = [x for x in REFERENCE.read_text().splitlines() if x and not x.startswith("#")]
+    rows = csv.DictReader(lines)
+    return {row["layer"]: {k: float(v) for k, v in row.items() if k != "layer"} for row in rows}
+
+
+def alexnet_zeros() -> dict[str, float]:
+    outs = ALEXNET_IFMAP_ZEROS[1:] + ALEXNET_IFMAP_ZEROS[-1:]
+    return dict(zip(ALEXNET_CONVS.values(), outs))
+
+
+@pytest.fixture(scope="module")
+def alexnet_plan():
+    return lower(build_model("alexnet"), (4, 3, 227, 227))
+
+
+@pytest.fixture(scope="module", params=["latency", "energy"])
+def alexnet(request, alexnet_plan):
+    result = eyeriss.simulate(alexnet_plan, eyeriss.load_spec("eyeriss_v1"), objective=request.param,
+                              zeros=alexnet_zeros())  # fmt: skip
+    return {conv: result.layer(node) for conv, node in ALEXNET_CONVS.items()}
+
+
+@pytest.mark.parametrize("conv", sorted(ALEXNET_CONVS))
+def test_alexnet_layer_matches_silicon(alexnet, conv):
+    silicon, model = _reference()[conv], alexnet[conv]
+    assert model.processing_ms == pytest.approx(silicon["processing_latency_ms"], rel=0.15)
+    assert model.active_pes == pytest.approx(silicon["active_pes"], rel=0.15)
+    assert model.dram_bytes / 1e6 == pytest.approx(silicon["dram_mb"], rel=0.30)
+    # not in the acceptance criteria, and also held: total latency (processing + the DRAM time
+    # of the ifmaps/ofmaps, which the chip does not hide) and GLB traffic
+    assert model.latency_ms == pytest.approx(silicon["total_latency_ms"], rel=0.15)
+    assert model.accesses["glb"] * 2 / 1e6 == pytest.approx(silicon["glb_mb"], rel=0.25)
+
+
+def test_alexnet_totals_match_silicon(alexnet):
+    total = _reference()["TOTAL"]
+    rows = alexnet.values()
+    assert sum(r.processing_ms for r in rows) == pytest.approx(total["processing_latency_ms"], rel=0.10)
+    assert sum(r.dram_bytes for r in rows) / 1e6 == pytest.approx(total["dram_mb"], rel=0.15)
+
+
+def test_alexnet_is_not_matched_by_any_chip(alexnet_plan):
+    """The validation discriminates: half the array or a quarter of the GLB misses the silicon."""
+    plan = alexnet_plan
+    v1 = eyeriss.load_spec("eyeriss_v1")
+    half = dataclasses.replace(v1, array=dataclasses.replace(v1.array, cols=7))
+    small = dataclasses.replace(v1, glb=dataclasses.replace(v1.glb, usable_kib=25))
+    silicon = _reference()
+    for spec in (half, small):
+        result = eyeriss.simulate(plan, spec, zeros=alexnet_zeros())
+        misses = 0
+        for conv, node in ALEXNET_CONVS.items():
+            row = result.layer(node)
+            lat = abs(row.processing_ms / silicon[conv]["processing_latency_ms"] - 1) > 0.15
+            pes = abs(row.active_pes / silicon[conv]["active_pes"] - 1) > 0.15
+            dram = abs(row.dram_bytes / 1e6 / silicon[conv]["dram_mb"] - 1) > 0.30
+            misses += lat or pes or dram
+        assert misses >= 3, spec
+
+
+# -- VGG-16, batch 3: JSSC 2017 Table VI, as transcribed in cucapra/fodlam data/eyeriss-vgg16.csv
+# (conv, processing latency ms, active PEs, zeros in ifmaps, GLB MB, DRAM MB). The source's
+# CONV1-1 DRAM reads 154 (15.4, the decimal point lost); its CONV2-2 processing latency (1110.3)
+# exceeds that row's total latency (894.3), so that figure is doubtful.
+VGG16 = [
+    ("CONV1-1", 38.0, 156, 0.160, 112.5, 15.4), ("CONV1-2", 810.6, 156, 0.477, 2402.8, 54.0),
+    ("CONV2-1", 405.3, 150, 0.248, 1201.4, 33.4), ("CONV2-2", 1110.3, 156, 0.387, 2402.3, 48.5),
+    ("CONV3-1", 204.0, 156, 0.397, 607.4, 20.2), ("CONV3-2", 408.1, 156, 0.581, 1214.8, 32.2),
+    ("CONV3-3", 408.1, 156, 0.587, 1214.8, 30.8), ("CONV4-1", 105.1, 168, 0.643, 321.3, 17.8),
+    ("CONV4-2", 210.0, 168, 0.747, 643.7, 20.6), ("CONV4-3", 210.0, 168, 0.854, 643.7, 22.8),
+    ("CONV5-1", 48.3, 163, 0.794, 90.0, 6.3), ("CONV5-2", 48.5, 168, 0.874, 90.0, 5.7),
+    ("CONV5-3", 48.5, 168, 0.885, 90.0, 5.6),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    plan = lower(build_model("vgg16"), (3, 3, 224, 224))
+    convs = [n.name for n in plan if n.op.value == "conv"]
+    zeros = [row[3] for row in VGG16]
+    outs = dict(zip(convs, zeros[1:] + zeros[-1:]))
+    result = eyeriss.simulate(plan, eyeriss.load_spec("eyeriss_v1"), zeros=outs)
+    return [result.layer(name) for name in convs]
+
+
+@pytest.mark.slow
+def test_vgg16_out_of_sample(vgg16):
+    assert len(vgg16) == len(VGG16)
+    for model, (conv, ms, pes, _, _, dram_mb) in zip(vgg16, VGG16):
+        # the chip ran a mapping our search also considers, so the search must do at least as
+        # well, within the model's error
+        assert model.processing_ms <= ms * 1.15, conv
+        # DRAM traffic follows from the same tiling rules on a network they were not tuned on
+        assert model.dram_bytes / 1e6 == pytest.approx(dram_mb, rel=0.35), conv
+        if conv != "CONV1-1":
+            # CONV1-1 (3 input channels) is GLB-port-bound: 117 or 156 PEs give the same latency,
+            # and the search keeps the lower-energy 117
+            assert model.active_pes == pytest.approx(pes, rel=0.15), conv
+        if conv.startswith(("CONV4", "CONV5")):
+            # the compute-bound layers agree within an out-of-sample band of 20% (earlier layers:
+            # the chip's own mappings there were GLB-bandwidth-bound, see the README)
+            assert model.processing_ms == pytest.approx(ms, rel=0.20), conv
