@@ -19,7 +19,7 @@ MEASURED = ("onnxruntime", "onnxruntime-fused", "tvm", "torch")
 TARGETS = MODELLED + MEASURED
 
 
-def modelled_ms(target: str, plan: Plan, *, eyeriss_spec: str = "eyeriss_v1") -> tuple[float, dict]:
+def modelled_ms(target: str, plan: Plan, *, eyeriss_spec: str = "eyeriss_scaled") -> tuple[float, dict]:
     """(per-image latency in ms, details) from the target's cost model of ``plan``."""
     batch = plan.input_shape[0]
     if target == "eyeriss":

@@ -75,7 +75,7 @@ def run_bench(
     threads: int = 2,
     repeats: int = 15,
     warmup: int = 3,
-    eyeriss_spec: str = "eyeriss_v1",
+    eyeriss_spec: str = "eyeriss_scaled",
     progress: bool = True,
 ) -> list[Row]:
     """Latency rows for every (model variant, target); speedups against the dense row."""

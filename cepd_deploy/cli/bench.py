@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for measured targets")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--eyeriss-spec", default="eyeriss_v1", help="Eyeriss preset or YAML path")
+    p.add_argument("--eyeriss-spec", default="eyeriss_scaled",
+                   help="Eyeriss preset or YAML path (default: the preset at the paper's scale)")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
                    help="write the rows as JSON to PATH (or print them with no PATH)")  # fmt: skip
     p.add_argument("--csv", metavar="PATH")
