@@ -56,6 +56,7 @@ def convert(
     input_shape: Sequence[int] | None = None,
     convert_first: bool = False,
     cost: CostFn = nodes_macs,
+    rank_multiple: int = 1,
 ) -> nn.Module:
     """A copy of ``model`` whose Conv2d layers are CEPD convs.
 
@@ -64,6 +65,8 @@ def convert(
     maps module names or glob patterns to ``ranks`` and ``sparsity``/``kappa``/``layout``).
     Grouped convs, the first conv (unless ``convert_first``) and layers where no rank is
     cheaper than dense stay dense. ``cost`` scores contraction orders (default: MACs).
+    ``rank_multiple`` (targets only) restricts ranks to multiples of it (e.g. 16, the AVX-512
+    width, for runtimes with blocked-channel kernels), capped at each layer's useful maximum.
 
     >>> small = convert(build_model("resnet20"), flops_remaining=0.5)   # doctest: +SKIP
     """
@@ -79,7 +82,7 @@ def convert(
     else:
         metric = "macs" if flops_remaining is not None else "params"
         target = flops_remaining if flops_remaining is not None else params_remaining
-        choices = allocate(dense, convs, target, metric, sparsity, layout, cost)
+        choices = allocate(dense, convs, target, metric, sparsity, layout, cost, rank_multiple)
     for name, choice in choices.items():
         _replace(model, name, CEPDConv2d.from_conv(convs[name], ranks=choice.ranks,
                                                    kappa=choice.kappa, layout=choice.layout))  # fmt: skip
@@ -183,14 +186,19 @@ def _choice(name, conv, entry, sparsity, layout) -> LayerChoice:
 
 
 # -- global target ---------------------------------------------------------------------------
-def rank_candidates(max_ranks: tuple[int, ...], count: int = 48) -> list[tuple[int, ...]]:
-    """Rank tuples scaled uniformly from 1 to the useful maximum (at most ``count``)."""
+def rank_candidates(
+    max_ranks: tuple[int, ...], count: int = 48, multiple: int = 1
+) -> list[tuple[int, ...]]:
+    """Rank tuples scaled uniformly from 1 to the useful maximum (at most ``count``), each rank
+    rounded to a multiple of ``multiple`` (capped at its maximum)."""
     top = max(max_ranks)
     qs = sorted({max(1, round(top ** (k / (count - 1)))) for k in range(count)} | {1, top})
     qs = sorted(set(qs) | set(range(1, min(top, 16) + 1)))
     out = []
     for q in qs:
         r = tuple(min(m, max(1, math.ceil(q * m / top))) for m in max_ranks)
+        if multiple > 1:
+            r = tuple(min(m, max(multiple, round(x / multiple) * multiple)) for x, m in zip(r, max_ranks))
         if not out or r != out[-1]:
             out.append(r)
     return out
@@ -219,6 +227,7 @@ def allocate(
     sparsity: float,
     layout: str,
     cost: CostFn = nodes_macs,
+    rank_multiple: int = 1,
 ) -> dict[str, LayerChoice]:
     """Per-layer ranks whose total ``metric`` ("macs" or "params") is ``target`` x dense."""
     if not 0.0 < target <= 1.0:
@@ -230,7 +239,7 @@ def allocate(
         info = dense.layers[name]
         lay = TTLayout.parse(layout, conv.out_channels, conv.in_channels, tuple(conv.kernel_size))
         kappa = kappa_for(conv.out_channels, sparsity)
-        cands = tuple(rank_candidates(lay.max_ranks))
+        cands = tuple(rank_candidates(lay.max_ranks, multiple=rank_multiple))
         key = (lay, info.in_shape, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
                kappa, cands)  # fmt: skip
         costs = _layer_costs(key, metric, cost)

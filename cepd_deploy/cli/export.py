@@ -1,0 +1,66 @@
+"""``cepd-deploy export``: a model file or zoo model -> ONNX (portable or fused), optionally verified."""
+
+from __future__ import annotations
+
+import argparse
+
+from cepd_deploy.cli.common import add_json_arg, add_model_arg, output_path, print_json
+
+FORMATS = ["onnx"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model's Plan to ONNX (standard ops, or fused TTSparseConv nodes)",
+        description="Lower a model to its Plan and write it as ONNX. Portable (default): standard "
+        "ops only (opset 18). --fused: one ai.cepd::TTSparseConv node per CEPD layer with a "
+        "function body of standard ops, so stock onnxruntime runs it too.",
+    )
+    add_model_arg(p)
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    p.add_argument("--fused", action="store_true", help="one TTSparseConv node per CEPD layer")
+    p.add_argument("--verify", action="store_true",
+                   help="run onnxruntime against the Plan reference and torch on random inputs")  # fmt: skip
+    p.add_argument("--samples", type=int, default=2, help="random inputs for --verify (default 2)")
+    p.add_argument("-o", "--output", required=True, help="output file (.onnx)")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cepd_deploy.model.format import resolve
+    from cepd_deploy.plan.cost import totals
+    from cepd_deploy.plan.lower import lower
+    from cepd_deploy.targets.onnx import export
+
+    out = output_path(args.output, suffix=".onnx")
+    model, shape, label = resolve(args.model, args.input_shape)
+    plan = lower(model, shape)
+    export(plan, out, fused=args.fused)
+    result = {"model": label, "output": str(out), "format": args.format, "fused": args.fused,
+              "input_shape": list(shape), "totals": totals(plan)}  # fmt: skip
+    if args.verify:
+        import onnx
+
+        from cepd_deploy.targets.onnx.verify import compare, summary
+
+        checks = compare(plan, onnx.load(str(out)), model, samples=max(1, args.samples))
+        result["verify"] = summary(checks)
+        result["checks"] = [c.as_dict() for c in checks]
+    if args.json:
+        print_json(result)
+    else:
+        kind = "fused" if args.fused else "portable"
+        print(f"wrote {out} ({kind} ONNX, {result['totals']['flops_remaining']:.1%} FLOPs remaining)")
+        if args.verify:
+            for c in (c for c in result["checks"] if c["value"] == plan.output):
+                print(f"  output {c['value']} vs {c['against']}: max abs error {c['max_abs_error']:.3g}"
+                      f" (max|y| {c['max_abs_ref']:.3g})")  # fmt: skip
+            v = result["verify"]
+            w = v["worst"]
+            print(f"  {v['outputs_checked']} outputs checked, worst {w['value']} "
+                  f"{w['max_abs_error']:.3g} / {w['max_abs_ref']:.3g}: {'OK' if v['ok'] else 'FAILED'}")
+    if args.verify and not result["verify"]["ok"]:
+        return 1
+    return 0

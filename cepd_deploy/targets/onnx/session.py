@@ -1,0 +1,68 @@
+"""onnxruntime session helpers: thread settings that make side-by-side timings fair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cepd_deploy.errors import CEPDError
+
+
+def session_options(threads: int | None = None, *, spinning: bool = False, optimize: bool = True):
+    """SessionOptions with ``threads`` intra-op threads (default: onnxruntime's choice).
+
+    Spinning is off by default: when several sessions live in one process, idle spinning
+    threads steal the cores of the one being timed.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
+def build_session(model, threads: int | None = None, *, spinning: bool = False, optimize: bool = True,
+                  native: bool = False):  # fmt: skip
+    """An ``onnxruntime.InferenceSession`` on the CPU for a path or a ModelProto.
+
+    With ``native``, the fused model's TTSparseConv nodes run the native kernel (through
+    onnxruntime-extensions; see :mod:`cepd_deploy.targets.onnx.ort_native`) on ``threads``
+    threads of its own.
+
+    >>> sess = build_session("model.onnx", threads=2)          # doctest: +SKIP
+    """
+    import onnxruntime as ort
+
+    so = session_options(threads, spinning=spinning, optimize=optimize)
+    layers = []
+    if native:
+        import onnx
+
+        from cepd_deploy.targets.onnx.native import set_threads
+        from cepd_deploy.targets.onnx.ort_native import library_path, native_model
+
+        so.register_custom_ops_library(library_path())
+        model, layers = native_model(onnx.load(str(model)) if isinstance(model, (str, Path)) else model)
+        if threads:
+            set_threads(threads)
+    src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    try:
+        sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        sess.cepd_native_layers = layers  # the kernels live as long as the session
+        return sess
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CEPDError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def run_session(sess, x: np.ndarray) -> np.ndarray:
+    """Run a one-input, one-output session."""
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,0 +1,7 @@
+// The GEMM tile for avx512: the target is set for this file only, so the build needs no -march
+// flag and the library loads on any x86-64 (ttsparse.cpp picks a tile by cpuid at load time).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#pragma GCC target("avx512f,avx512vl,fma")
+#endif  // other machines build it as generic code; the cpuid check never picks it there
+#define CEPD_TILE_NS cepd_tile_avx512
+#include "tile.inc"

@@ -1,0 +1,127 @@
+"""The native TTSparseConv kernel: numerics vs the Plan reference, eager torch, onnxruntime."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_onnx_helpers import OneLayer, random_layer, randomise_bn
+
+import cepd_deploy as cd
+from cepd_deploy.plan.ir import WEIGHTED, Op
+from cepd_deploy.plan.reference import run as run_plan
+from cepd_deploy.targets.onnx import native
+from cepd_deploy.targets.onnx.fused import OP_TYPE, layer_io, structure
+
+if not native.available() and shutil.which("c++") is None and shutil.which("g++") is None:
+    pytest.skip("no C++ compiler (c++/g++): the native kernel was not built", allow_module_level=True)
+
+
+def _plan_layer(case: dict, shape):
+    layer = random_layer(case["cin"], case["cout"], case["kernel"], ranks_frac=case["ranks"],
+                         kappa=case["kappa"], stride=case["stride"], padding=case["padding"],
+                         seed=case["seed"])  # fmt: skip
+    model = randomise_bn(OneLayer(layer, case["bn"], case["residual"], case["act"]), case["seed"])
+    plan = cd.lower(model, shape)
+    name = next(n for n, i in plan.layers.items() if i.kind == "cepd")
+    nodes, x, r = layer_io(plan, name)
+    weights = [plan.consts[w] for n in nodes if n.op in WEIGHTED for w in n.weights]
+    e = nodes[-1].epilogue
+    weights += [plan.consts[c] for c in (e.scale, e.bias) if c]
+    scatter = next((n for n in nodes if n.op is Op.SCATTER_ADD), None)
+    # tiny layers may pick a contraction order with folded views: not native (tested below)
+    assume(native.supported(structure(nodes)) is None)
+    layer = native.NativeLayer(structure(nodes), weights, scatter.attrs["index"] if scatter else None)
+    return plan, nodes, x, r, layer
+
+
+def test_library_is_built_and_dispatches():
+    assert native.available(), "the kernel library should be built by `pip install -e .`"
+    assert native.isa() in ("avx512f", "avx2", "scalar")
+
+
+@st.composite
+def cases(draw):
+    cin, cout = draw(st.sampled_from([3, 7, 8, 16, 17, 40])), draw(st.sampled_from([5, 8, 13, 32, 48]))
+    k = draw(st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 5)]))
+    stride = draw(st.sampled_from([1, 2]))
+    pad = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    residual = stride == 1 and cin == cout and pad == (k[0] // 2, k[1] // 2) and draw(st.booleans())
+    return dict(cin=cin, cout=cout, kernel=k, stride=stride, padding=pad, kappa=draw(st.integers(0, cout)),
+                ranks=[draw(st.floats(0.05, 1.0))], bn=draw(st.booleans()), residual=residual,
+                act=draw(st.sampled_from([None, "relu", "relu6"])), seed=draw(st.integers(0, 99)),
+                size=draw(st.integers(max(k) + 1, 40)), batch=draw(st.sampled_from([1, 3])),
+                threads=draw(st.sampled_from([1, 2])))  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_native_layer_matches_reference(case):
+    shape = (case["batch"], case["cin"], case["size"], case["size"])
+    plan, nodes, x_name, r_name, layer = _plan_layer(case, shape)
+    native.set_threads(case["threads"])
+    x = np.random.default_rng(case["seed"]).standard_normal(shape).astype(np.float32)
+    env = run_plan(plan, x, keep=True)
+    ref = env[nodes[-1].output].numpy()
+    res = env[r_name].numpy() if r_name else None
+    for _ in range(2):  # the workspace is reused
+        y = layer(env[x_name].numpy(), res)
+        assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6
+    one = layer(env[x_name].numpy()[:1], res[:1] if res is not None else None)  # smaller batch
+    assert np.abs(one - ref[:1]).max() <= 1e-4 * np.abs(ref).max() + 1e-6
+
+
+def test_unsupported_structures_are_reported():
+    layer = random_layer(8, 12, (3, 3), kappa=2, layout="oo-k-ii", padding=1)
+    plan = cd.lower(OneLayer(layer, False, False, None), (1, 8, 6, 6))
+    nodes, _, _ = layer_io(plan, "layer")
+    assert native.supported(structure(nodes)) is not None
+    with pytest.raises(cd.CEPDError, match="not supported natively"):
+        native.NativeLayer(structure(nodes), [])
+
+
+def test_accelerate_eager_torch_matches():
+    torch.manual_seed(0)
+    model = cd.convert(cd.build_model("resnet20"), flops_remaining=0.5).eval()
+    other = random_layer(8, 12, (3, 3), kappa=2, layout="oo-k-ii", padding=1)  # stays on torch
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        x_other = torch.randn(1, 8, 6, 6)
+        ref, ref_other = model(x), other(x_other)
+        native.accelerate(model)
+        native.accelerate(other)
+        y = model(x)
+        assert torch.allclose(other(x_other), ref_other, rtol=0, atol=1e-4 * ref_other.abs().max().item())
+    assert torch.allclose(y, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+    hooked = [m for m in model.modules() if getattr(m, "_cepd_native", None)]
+    assert len(hooked) == sum(isinstance(m, cd.CEPDConv2d) for m in model.modules()) > 0
+    assert not getattr(other, "_cepd_native", None) and ref_other.shape == (1, 12, 6, 6)
+    y_grad = model(x)  # with autograd on, the torch forward runs (differentiable)
+    assert y_grad.requires_grad
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
+                    reason="onnxruntime-extensions is not installed (the native path in onnxruntime)")
+def test_onnxruntime_native_session():
+    from cepd_deploy.targets.onnx import build_session, to_model
+    from cepd_deploy.targets.onnx.ort_native import CONTRIB, native_model
+    from cepd_deploy.targets.onnx.verify import compare
+
+    torch.manual_seed(0)
+    model = cd.convert(cd.build_model("resnet20"), flops_remaining=0.5).eval()
+    plan = cd.lower(model, (1, 3, 32, 32))
+    fused = to_model(plan, fused=True)
+    rewritten, layers = native_model(fused)
+    cepd_layers = sum(i.kind == "cepd" for i in plan.layers.values())
+    assert len(layers) == cepd_layers
+    assert sum(n.domain == CONTRIB for n in rewritten.graph.node) == cepd_layers
+    assert not any(n.op_type == OP_TYPE for n in rewritten.graph.node) and not rewritten.functions
+    checks = compare(plan, fused, model, samples=2, native=True)
+    assert all(c.ok for c in checks)
+    sess = build_session(fused, threads=2, native=True)
+    assert len(sess.cepd_native_layers) == cepd_layers
