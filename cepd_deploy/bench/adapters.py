@@ -52,7 +52,7 @@ def runner(target: str, model: nn.Module, plan: Plan, threads: int, workdir: Pat
 
         fused = target.endswith("fused")
         path = ort_target.export(plan, Path(tempfile.mkdtemp(dir=workdir)) / "m.onnx", fused=fused)
-        sess = ort_target.build_session(path, threads, native=fused and _native_available())
+        sess = ort_target.build_session(path, threads)  # fused: the function bodies on stock ORT
         return lambda x: ort_target.run_session(sess, x)
     if target == "tvm":
         from cepd_deploy.targets import tvm as tvm_target
@@ -62,11 +62,3 @@ def runner(target: str, model: nn.Module, plan: Plan, threads: int, workdir: Pat
         return tvm_target.load(out)
     raise CEPDError(f"{target!r} is not a measured target ({', '.join(MEASURED)})")
 
-
-def _native_available() -> bool:
-    try:
-        import cepd_deploy
-
-        return bool(getattr(cepd_deploy, "get_library_path", None) and cepd_deploy.get_library_path())
-    except (CEPDError, OSError):
-        return False
