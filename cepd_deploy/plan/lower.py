@@ -33,10 +33,10 @@ class _Tracer(fx.Tracer):
 def trace(model: nn.Module) -> fx.GraphModule:
     """fx-trace a model, keeping CEPD convs whole; untraceable models get a clear error."""
     try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many types for data-dependent control flow
-        raise CEPDError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from None
-    return fx.GraphModule(model, graph)
+        return fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as exc:  # fx raises many types (control flow, names it cannot generate)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CEPDError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from None
 
 
 def lower(

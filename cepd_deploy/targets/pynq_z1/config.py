@@ -1,0 +1,179 @@
+"""The board (loaded from ``hw/pynq_z1/board.yaml``) and the engine configuration.
+
+The engine is one fixed overlay: ``pe_out`` output channels x ``block``^2 output pixels of
+MACs per cycle, fed from on-chip buffers whose sizes are fields here. Everything the latency
+and resource model, the compiler and the rendered C++ header need comes from these two
+frozen dataclasses.
+
+>>> cfg = EngineConfig()            # 16-bit, 100 MHz, 4 x 7x7 = 196 MACs per cycle
+>>> cfg.lanes, cfg.macs_per_cycle
+(49, 196)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from functools import cache
+
+import yaml
+
+from cepd_deploy.errors import CEPDError
+
+
+@dataclass(frozen=True)
+class Resources:
+    dsp: int
+    bram36: float
+    lut: int
+    ff: int
+
+
+@dataclass(frozen=True)
+class HPPort:
+    width_bits: int
+    efficiency: float
+    read_latency_cycles: int
+    burst_max_beats: int
+    burst_gap_cycles: int
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    part: str
+    board_part: str
+    resources: Resources
+    ddr_peak_mb_s: float
+    ddr_efficiency: float
+    hp_port: HPPort
+    default_mhz: float
+    max_mhz: float
+
+
+_BOARD_KEYS = {"version", "name", "part", "board_part", "resources", "ddr", "hp_port", "clock"}
+
+
+def _section(d: dict, key: str, names: set[str]) -> dict:
+    sec = d.get(key)
+    if not isinstance(sec, dict) or set(sec) != names:
+        raise CEPDError(f"board spec: section {key!r} must have exactly {sorted(names)}")
+    return sec
+
+
+@cache
+def load_board(name: str = "pynq-z1") -> Board:
+    """Load and validate the shipped board spec (unknown or missing keys are errors)."""
+    from cepd_deploy import hw
+
+    path = hw.path("pynq_z1", "board.yaml")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or set(data) != _BOARD_KEYS or data["version"] != 1:
+        raise CEPDError(f"{path}: expected version 1 and keys {sorted(_BOARD_KEYS)}")
+    if data["name"] != name:
+        raise CEPDError(f"{path}: describes {data['name']!r}, not {name!r}")
+    res = _section(data, "resources", {f.name for f in fields(Resources)})
+    ddr = _section(data, "ddr", {"peak_mb_s", "efficiency"})
+    hp = _section(data, "hp_port", {f.name for f in fields(HPPort)})
+    clk = _section(data, "clock", {"default_mhz", "max_mhz"})
+    return Board(
+        data["name"],
+        data["part"],
+        data["board_part"],
+        Resources(**res),
+        float(ddr["peak_mb_s"]),
+        float(ddr["efficiency"]),
+        HPPort(**hp),
+        float(clk["default_mhz"]),
+        float(clk["max_mhz"]),
+    )
+
+
+#: fields that only the latency model uses (they do not change the synthesised engine)
+MODEL_ONLY = frozenset({"clock_mhz", "pipeline_depth", "bundle_overhead_cycles"})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One engine build. Buffer sizes are in 16-bit words; ``*_words`` of ping-pong buffers are
+    per half."""
+
+    bits: int = 16  # activation and weight width (ap_int<bits>); accumulators are 48-bit
+    clock_mhz: float = 100.0
+    pe_out: int = 4  # output channels computed in parallel
+    block: int = 7  # output pixels in parallel: a block x block tile (or block^2 in a row)
+    epi_lanes: int = 14  # epilogue (shift-round-saturate) lanes
+    scale_lanes: int = 7  # epilogue lanes with a multiplier (unfolded BN scale, avg-pool)
+    vec_lanes: int = 4  # elements per cycle of the DDR-to-DDR vector unit (one 64-bit beat)
+    ibuf_words: int = 50176  # input tile buffer, per half: 49 banks x 1024
+    scratch_words: int = 50176  # intermediates of a fused CEPD layer: 49 banks x 1024
+    wbuf_words: int = 36864  # streamed weights, per half: pe_out x 9216 (the longest reduction)
+    obuf_words: int = 8192  # outputs on their way to DDR, per half: pe_out x 2048 pixels
+    rbuf_words: int = 8192  # residual prefetch, per half
+    pipeline_depth: int = 12  # cycles to fill the MAC pipeline once per output-channel chunk
+    bundle_overhead_cycles: int = 32  # decode of a bundle's records, start/finish handshakes of the units
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.bits <= 16:
+            raise CEPDError(f"--bits must be between 4 and 16 (48-bit accumulators), got {self.bits}")
+        if not 0 < self.clock_mhz:
+            raise CEPDError(f"clock must be positive, got {self.clock_mhz} MHz")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name not in ("bits", "clock_mhz") and (not isinstance(v, int) or v < 1):
+                raise CEPDError(f"engine config {f.name} must be a positive integer, got {v!r}")
+        if self.wbuf_words % self.pe_out or self.obuf_words % self.pe_out:
+            raise CEPDError("wbuf_words and obuf_words must be multiples of pe_out")
+
+    @property
+    def lanes(self) -> int:
+        return self.block * self.block
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.pe_out * self.lanes
+
+    @property
+    def red_max(self) -> int:
+        """Longest reduction (cin/groups x kh x kw) one output-channel chunk may have."""
+        return self.wbuf_words // self.pe_out
+
+    @property
+    def out_px_max(self) -> int:
+        """Most output pixels of one DDR-bound step tile (per channel)."""
+        return self.obuf_words // self.pe_out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def hw_hash(self) -> int:
+        """31-bit hash of everything that changes the synthesised engine (not the clock or the
+        latency model's constants); a blob records it and the engine checks it."""
+        d = {k: v for k, v in asdict(self).items() if k not in MODEL_ONLY}
+        return int(hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def make_config(config: EngineConfig | dict | None = None, **overrides) -> EngineConfig:
+    """An EngineConfig from None (defaults), a dict or a config, with keyword overrides."""
+    if isinstance(config, EngineConfig):
+        base = asdict(config)
+    elif config is None:
+        base = {}
+    elif isinstance(config, dict):
+        unknown = set(config) - {f.name for f in fields(EngineConfig)}
+        if unknown:
+            raise CEPDError(f"unknown engine config keys: {sorted(unknown)}")
+        base = dict(config)
+    else:
+        raise CEPDError(f"engine config must be a dict or EngineConfig, not {type(config).__name__}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = EngineConfig(**base)
+    board = load_board()
+    if cfg.clock_mhz > board.max_mhz:
+        raise CEPDError(
+            f"clock {cfg.clock_mhz:g} MHz is above what this model accepts for the "
+            f"XC7Z020 ({board.max_mhz:g} MHz)"
+        )
+    return cfg

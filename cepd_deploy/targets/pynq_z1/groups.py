@@ -1,0 +1,347 @@
+"""Which Plan nodes run together on the engine, and the geometry of their tiles.
+
+A *group* is a chain of PE-array steps (conv, matmul, linear, pools) that run tile by tile:
+the group's input tile is loaded from DDR into an input buffer half, intermediates stay in the
+on-chip scratch, and only the last step writes DDR. A CEPD layer (TT chain + sparse branch +
+scatter-add) becomes one group, the scatter-add fused into the last TT step's epilogue, so the
+layer reads its input once and writes its output once. Other weighted ops and pools are
+one-step groups; element-wise and data-movement ops run on the vector unit (DDR to DDR).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import cache
+
+from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.targets.pynq_z1.isa import StepOp
+
+ARRAY_OPS = {
+    Op.CONV: StepOp.MAC,
+    Op.MATMUL: StepOp.MAC,
+    Op.LINEAR: StepOp.MAC,
+    Op.MAXPOOL: StepOp.MAXP,
+    Op.AVGPOOL: StepOp.AVGP,
+}
+
+
+@dataclass(frozen=True)
+class Region:
+    """Rows [y0, y0+h) x cols [x0, x0+w) of a value's image."""
+
+    y0: int
+    x0: int
+    h: int
+    w: int
+
+    def union(self, o: Region | None) -> Region:
+        if o is None:
+            return self
+        y0, x0 = min(self.y0, o.y0), min(self.x0, o.x0)
+        y1, x1 = max(self.y0 + self.h, o.y0 + o.h), max(self.x0 + self.w, o.x0 + o.w)
+        return Region(y0, x0, y1 - y0, x1 - x0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One Plan node as an engine step on one folded image (channels, height, width)."""
+
+    node: Node
+    op: StepOp
+    src: str
+    dst: str
+    src_img: tuple[int, int, int]
+    dst_img: tuple[int, int, int]
+    groups: int
+    cin_g: int
+    cout_g: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    scatter: Node | None = None  # a SCATTER_ADD fused into this step's epilogue
+    scatter_b: str | None = None  # its sparse-branch operand (an earlier step's output)
+    transposed: bool = False  # a LINEAR with the output features on the lanes (see transposed_linear)
+
+    @property
+    def red(self) -> int:
+        """Products per output (pools: window taps)."""
+        taps = self.kernel[0] * self.kernel[1]
+        return taps * (self.cin_g if self.op is StepOp.MAC else 1)
+
+    @property
+    def pointwise(self) -> bool:
+        return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+
+    def src_region(self, out: Region) -> Region:
+        """The part of the source image an output region reads (clipped to the image)."""
+        lo, hi = [], []
+        for d, (o0, n) in enumerate(((out.y0, out.h), (out.x0, out.w))):
+            a = o0 * self.stride[d] - self.padding[d]
+            b = (o0 + n - 1) * self.stride[d] - self.padding[d] + (self.kernel[d] - 1) * self.dilation[d] + 1
+            size = self.src_img[1 + d]
+            lo.append(max(0, a))
+            hi.append(min(size, b))
+        return Region(lo[0], lo[1], max(0, hi[0] - lo[0]), max(0, hi[1] - lo[1]))
+
+
+@dataclass
+class Group:
+    """Steps that run tile by tile from one DDR input to one DDR output."""
+
+    name: str
+    steps: list[Step]
+    x: str  # the DDR input
+    out: str  # the DDR output
+    images: int = 1  # folded images (N*outer) of a one-step group
+    residual: str | None = None  # DDR value the last step's epilogue adds
+    buffered: list[str] = field(default_factory=list)  # values on chip (x first)
+    src: str = ""  # the DDR value loaded into x (x itself, or a subsampled view of src)
+    load_step: tuple[int, int] = (1, 1)  # the loader keeps every load_step-th row and column
+    src_img: tuple[int, ...] = ()  # (channels, height, width) of src in DDR
+    from_blob: bool = False  # src is a weight section of the blob, not an arena value
+    reads: tuple[str, ...] = ()  # other arena values the steps read (a transposed LINEAR's input)
+
+    def __post_init__(self) -> None:
+        self.src = self.src or self.x
+        self.src_img = self.src_img or self.x_img
+
+    @property
+    def x_img(self) -> tuple[int, int, int]:
+        return next(s.src_img for s in self.steps if s.src == self.x)
+
+    @property
+    def out_img(self) -> tuple[int, int, int]:
+        return self.steps[-1].dst_img
+
+    def regions(self, tile: Region) -> dict[str, Region]:
+        """The region of every value a tile of the output needs."""
+        need: dict[str, Region] = {self.out: tile}
+        for step in reversed(self.steps):
+            r = need[step.dst]
+            if step.scatter_b:
+                need[step.scatter_b] = r.union(need.get(step.scatter_b))
+            need[step.src] = step.src_region(r).union(need.get(step.src))
+        return need
+
+
+def _image(node: Node, shape: tuple[int, ...], which: str) -> tuple[int, int, int]:
+    """(channels, height, width) of one folded image of a node's input or output."""
+    a = node.attrs
+    if node.op is Op.LINEAR:
+        return (shape[1], 1, 1)
+    if node.op is Op.MATMUL:
+        c = a["cin"] if which == "in" else a["cout"]
+        return (c, a["inner"] * shape[2], shape[3])
+    if node.op is Op.CONV:
+        c = a["cin"] if which == "in" else a["cout"]
+        return (c, shape[2], shape[3])
+    return (shape[1], shape[2], shape[3])  # pools
+
+
+def make_step(node: Node) -> Step:
+    a = node.attrs
+    src_img, dst_img = _image(node, node.in_shapes[0], "in"), _image(node, node.out_shape, "out")
+    op = ARRAY_OPS[node.op]
+    if op is StepOp.MAC:
+        groups = a.get("groups", 1)
+        kw = dict(
+            kernel=tuple(a.get("kernel", (1, 1))),
+            stride=tuple(a.get("stride", (1, 1))),
+            padding=tuple(a.get("padding", (0, 0))),
+            dilation=tuple(a.get("dilation", (1, 1))),
+        )
+        return Step(
+            node,
+            op,
+            node.data_inputs[0],
+            node.output,
+            src_img,
+            dst_img,
+            groups,
+            src_img[0] // groups,
+            dst_img[0] // groups,
+            **kw,
+        )
+    c = src_img[0]
+    return Step(
+        node,
+        op,
+        node.data_inputs[0],
+        node.output,
+        src_img,
+        dst_img,
+        c,
+        1,
+        1,
+        tuple(a["kernel"]),
+        tuple(a["stride"]),
+        tuple(a["padding"]),
+    )
+
+
+def images(node: Node) -> int:
+    a = node.attrs
+    return node.in_shapes[0][0] * (a.get("outer", 1) if node.op in (Op.CONV, Op.MATMUL) else 1)
+
+
+def _readers(plan: Plan) -> dict[str, int]:
+    readers: dict[str, int] = {plan.output: 1}
+    for node in plan.nodes:
+        for x in node.inputs:
+            readers[x] = readers.get(x, 0) + 1
+    return readers
+
+
+def _fusable(nodes: list[Node], readers: dict[str, int]) -> Group | None:
+    """A CEPD layer's nodes as one group, or None when they do not form a fusable chain."""
+    last = nodes[-1]
+    scatter = last if last.op is Op.SCATTER_ADD else None
+    body = nodes[:-1] if scatter else nodes
+    produced = {n.output for n in nodes}
+    for n in body:
+        if n.op not in ARRAY_OPS or n.op is Op.LINEAR or (n.epilogue.residual and n is not last):
+            return None
+        if n.op in (Op.CONV, Op.MATMUL) and (n.attrs["outer"] != 1 or n.attrs.get("inner", 1) != 1):
+            return None
+    inner = body if scatter else body[:-1]  # values that must stay inside the group
+    local = {}
+    for n in nodes:
+        for x in n.inputs:
+            local[x] = local.get(x, 0) + 1
+    if any(readers.get(n.output, 0) != local.get(n.output, 0) for n in inner):
+        return None
+    externals = {x for n in nodes for x in n.data_inputs if x not in produced}
+    if len(externals) != 1 or (scatter and not set(scatter.data_inputs) <= produced):
+        return None
+    steps = {n.output: make_step(n) for n in body}
+    order = [n for n in body]
+    if scatter:
+        a_src, b_src = scatter.data_inputs
+        a_node = next(n for n in body if n.output == a_src)
+        if ARRAY_OPS[a_node.op] is not StepOp.MAC or not a_node.epilogue.empty:
+            return None
+        steps[a_src] = replace(steps[a_src], dst=scatter.output, scatter=scatter, scatter_b=b_src)
+        order = [n for n in body if n is not a_node] + [a_node]
+    (x,) = externals
+    g = Group(
+        last.layer,
+        [steps[n.output] for n in order],
+        x,
+        last.output,
+        residual=last.inputs[-1] if last.epilogue.residual else None,
+    )
+    g.buffered = [x] + [s.dst for s in g.steps[:-1]]
+    return flat_rows(strided_load(g))
+
+
+def single(node: Node) -> Group:
+    step = make_step(node)
+    g = Group(
+        node.name,
+        [step],
+        step.src,
+        node.output,
+        images=images(node),
+        residual=node.inputs[-1] if node.epilogue.residual else None,
+    )
+    g.buffered = [step.src]
+    return flat_rows(strided_load(g))
+
+
+def transposed_linear(node: Node) -> Group | None:
+    """A LINEAR of one image with its output features on the lanes: the weight matrix, stored
+    transposed in the blob, is streamed as the "image" (fin channels x fout pixels) and the input
+    vector serves as the weights of a single output channel (the bias is then per pixel). The
+    products and their sum are the same integers as the plain mapping."""
+    e = node.epilogue
+    if node.op is not Op.LINEAR or node.in_shapes[0][0] != 1 or e.scale or e.residual:
+        return None
+    fin, fout = node.in_shapes[0][1], node.out_shape[1]
+    wt = node.weights[0] + "#T"
+    step = Step(node, StepOp.MAC, wt, node.output, (fin, 1, fout), (1, 1, fout), 1, fin, 1, transposed=True)
+    return Group(node.name, [step], wt, node.output, buffered=[wt], from_blob=True, reads=(node.inputs[0],))
+
+
+def flat_rows(g: Group) -> Group:
+    """An all-1x1 group sees its images as one row of H*W pixels: tiles can then be any run of
+    pixels (whole lane blocks), not whole rows."""
+    if g.load_step != (1, 1) or not all(s.pointwise for s in g.steps):
+        return g
+    row = lambda img: (img[0], 1, img[1] * img[2])  # noqa: E731
+    steps = [replace(s, src_img=row(s.src_img), dst_img=row(s.dst_img)) for s in g.steps]
+    return replace(g, steps=steps, src_img=row(g.src_img))
+
+
+def strided_load(g: Group) -> Group:
+    """Let the loader subsample when x is only read by a strided 1x1 op (a 1x1 conv with
+    stride, or the CEPD layer's 1x1 max-pool subsample): the tile buffer then holds only the
+    pixels used, and a subsampling pool step disappears."""
+    readers = [s for s in g.steps if s.src == g.x or s.scatter_b == g.x]
+    s = readers[0]
+    if len(readers) != 1 or s.kernel != (1, 1) or s.padding != (0, 0) or s.stride == (1, 1):
+        return g
+    sy, sx = s.stride
+    c, h, w = s.src_img
+    sub = replace(s, src_img=(c, (h - 1) // sy + 1, (w - 1) // sx + 1), stride=(1, 1))
+    if s.op is StepOp.MAXP and len(g.steps) > 1:  # a pure subsample: the loader does it
+        steps = g.steps[1:]
+        return replace(
+            g, steps=steps, x=s.dst, buffered=[s.dst] + [t.dst for t in steps[:-1]], load_step=(sy, sx)
+        )
+    steps = [sub if t is s else t for t in g.steps]
+    return replace(g, steps=steps, load_step=(sy, sx))
+
+
+def partition(plan: Plan) -> list[Group | Node]:
+    """The Plan as an ordered list of groups (PE array) and nodes (vector unit)."""
+    readers = _readers(plan)
+    items: list[Group | Node] = []
+    seen: set[str] = set()
+    for node in plan.nodes:
+        if node.name in seen:
+            continue
+        info = plan.layers.get(node.layer)
+        if info is not None and info.kind == "cepd":
+            nodes = [n for n in plan.nodes if n.layer == node.layer]
+            g = _fusable(nodes, readers) if len(nodes) > 1 else None
+            if g is not None:
+                items.append(g)
+                seen.update(n.name for n in nodes)
+                continue
+        seen.add(node.name)
+        items.append(single(node) if node.op in ARRAY_OPS else node)
+    return items
+
+
+def lane_shapes(lanes: int) -> list[tuple[int, int]]:
+    """Block shapes (rows, cols) the lanes can take: the widest for each row count."""
+    return [(h, lanes // h) for h in range(1, math.isqrt(lanes) + 1)]
+
+
+@cache
+def bank_ii(pitch: int, stride: tuple[int, int], shape: tuple[int, int], banks: int) -> int:
+    """Cycles per tap of a block-mode step: the worst bank conflict of its lane addresses
+    (the tile buffers are split cyclically over ``banks`` = lanes banks)."""
+    count: dict[int, int] = {}
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            b = (i * stride[0] * pitch + j * stride[1]) % banks
+            count[b] = count.get(b, 0) + 1
+    return max(count.values())
+
+
+def choose_pitch(width: int, uses: list[tuple[tuple[int, int], tuple[int, int]]], banks: int) -> int:
+    """The smallest row pitch >= width with the fewest bank conflicts for the block-mode
+    reads ``uses`` (lane shape, stride) of a buffered value."""
+    if not uses:
+        return max(1, width)
+    best = None
+    for p in range(max(1, width), max(1, width) + banks):
+        ii = max(bank_ii(p, stride, shape, banks) for shape, stride in uses)
+        if best is None or ii < best[0]:
+            best = (ii, p)
+        if ii == 1:
+            break
+    return best[1]

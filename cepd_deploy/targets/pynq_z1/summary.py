@@ -1,0 +1,34 @@
+"""Plain-text summaries of a PYNQ-Z1 build (what the CLI prints without --json)."""
+
+from __future__ import annotations
+
+from cepd_deploy.plan.report import format_table
+
+
+def text_summary(result: dict, report: bool = False) -> str:
+    t, r, lim = result["totals"], result["resources"], result["limits"]
+    e = result["engine"]
+    lines = [
+        f"wrote {result['output']}: PYNQ-Z1 project for {result['model']!r}",
+        f"engine: {e['pe_out']} x {e['lanes']} MACs/cycle, {e['bits']}-bit, {e['clock_mhz']:g} MHz; "
+        f"estimated {t['latency_ms']:.2f} ms per image ({100 * t['dsp_efficiency']:.0f}% of peak)",
+        f"resources (estimate): DSP {r['dsp']}/{lim['dsp']}, BRAM36 {r['bram36']:g}/{lim['bram36']}, "
+        f"LUT {r['lut']}/{lim['lut']}, FF {r['ff']}/{lim['ff']}",
+    ]
+    c = result["csim"]
+    if c is not None:
+        lines.append(
+            f"csim ({c['images']} images): bit-exact {'yes' if c['bit_exact'] else 'NO'}, max |err| vs float "
+            f"{c['max_abs_err_vs_float']:.3g} (tolerance {c['tolerance']:.3g}), top-1 agreement "
+            f"{100 * c['top1_agreement']:.0f}%"
+        )
+    if report:
+        rows = [
+            [x["name"], f"{x['ms']:.3f}", f"{x['macs'] / 1e6:.2f}", f"{100 * x['dsp_efficiency']:.0f}%"]
+            for x in result["layers"]
+        ]
+        lines += ["", format_table(["layer", "ms", "MMACs", "PE eff"], rows, "lrrr")]
+        lines.append(
+            f"total: {t['latency_ms']:.3f} ms, {t['macs'] / 1e6:.1f} MMACs, {t['ddr_mbytes']:.1f} MB DDR"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""Shared, cached models for the PYNQ-Z1 tests (converting is the slow part)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+from cepd_deploy import build_model, convert
+from tests.conftest import randomize_bn
+
+
+@cache
+def cepd_resnet20() -> torch.nn.Module:
+    """A CEPD ResNet-20 at 50% FLOPs with non-trivial BatchNorm statistics (shared, do not modify)."""
+    torch.manual_seed(0)
+    return convert(
+        randomize_bn(build_model("resnet20")), flops_remaining=0.5, input_shape=(1, 3, 32, 32)
+    ).eval()
