@@ -1,5 +1,11 @@
 """cepd-deploy: run CNNs compressed with CEPD (TT low-rank + filter-sparse) fast on real hardware."""
 
+import os
+
+# torch's OpenMP threads spin while idle by default; next to onnxruntime's threads in one process
+# that made eager torch up to 20x slower here. Set before torch loads; the user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.model.convert import convert
 from cepd_deploy.model.format import load, save
