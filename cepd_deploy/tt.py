@@ -221,7 +221,7 @@ def tt_svd_tensor(t: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]
     """TT-SVD of an m-way tensor with bond ranks ``ranks`` (length m-1)."""
     sizes = t.shape
     dtype = t.dtype
-    work = t.to(torch.float64)
+    work = t if t.dtype in (torch.float32, torch.float64) else t.float()
     cores: list[torch.Tensor] = []
     r_prev = 1
     for j, n in enumerate(sizes[:-1]):

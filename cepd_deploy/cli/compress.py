@@ -1,0 +1,114 @@
+"""``cepd-deploy compress``: train (or load) a dense model, run CEPD ADMM, fine-tune, save."""
+
+from __future__ import annotations
+
+import argparse
+
+from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_json
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``analyze admm-vs-direct`` (defaults from CompressConfig)."""
+    from cepd_deploy.compress.pipeline import CompressConfig
+
+    d = CompressConfig(output="")
+    p.add_argument("--arch", default="resnet20", help="zoo architecture (default resnet20)")
+    p.add_argument("--data", default="digits",
+                   help="digits (embedded, default), cifar10:PATH (python batches) or imagefolder:PATH")
+    p.add_argument("--sparsity", type=float, default=d.sparsity, help="filter sparsity of S (default 0.9)")
+    p.add_argument("--layout", default=d.layout, help="TT layout (default o-k-i; eq9, oo-k-ii, ...)")
+    p.add_argument("--weights", help="a dense model file with trained weights (skips baseline training)")
+    p.add_argument("--epochs-baseline", type=int, default=d.epochs_baseline, metavar="K",
+                   help=f"dense baseline epochs without --weights (default {d.epochs_baseline})")
+    p.add_argument("--epochs-admm", type=int, default=d.epochs_admm, metavar="N",
+                   help=f"ADMM epochs (default {d.epochs_admm})")
+    p.add_argument("--epochs-finetune", type=int, default=d.epochs_finetune, metavar="M",
+                   help=f"fine-tuning epochs of the compact model (default {d.epochs_finetune})")
+    p.add_argument("--lr", type=float, default=d.lr_admm, help=f"ADMM learning rate (default {d.lr_admm})")
+    p.add_argument("--lr-baseline", type=float, default=d.lr_baseline,
+                   help=f"baseline learning rate (default {d.lr_baseline})")
+    p.add_argument("--lr-finetune", type=float, default=d.lr_finetune,
+                   help=f"fine-tuning learning rate (default {d.lr_finetune})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"per process (default {d.batch_size})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="SGD weight decay (default 1e-4)")
+    p.add_argument("--admm-lambda", type=float, default=d.admm_lambda,
+                   help=f"ADMM penalty lambda at epoch 0 (default {d.admm_lambda})")
+    p.add_argument("--admm-lambda-growth", type=float, default=d.admm_lambda_growth,
+                   help=f"lambda factor per epoch, 1 = constant (default {d.admm_lambda_growth})")
+    p.add_argument("--admm-lambda-max", type=float, default=d.admm_lambda_max,
+                   help=f"lambda cap (default {d.admm_lambda_max})")
+    p.add_argument("--project-every", type=int, default=d.project_every, metavar="K",
+                   help=f"ADMM round every K SGD steps, 0: once per epoch (default {d.project_every})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for init, data order, augmentation")
+    p.add_argument("--train-limit", type=int, metavar="N",
+                   help="train on the first N images only (quick runs)")
+    p.add_argument("--test-limit", type=int, metavar="N",
+                   help="evaluate on the first N test images only (quick runs)")
+    p.add_argument("--image-size", type=int, help="imagefolder image size (default 224)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes for image folders")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def config_from(args: argparse.Namespace, **overrides):
+    from cepd_deploy.compress.pipeline import CompressConfig
+
+    kw = dict(
+        arch=args.arch, data=args.data, sparsity=args.sparsity, layout=args.layout, weights=args.weights,
+        epochs_baseline=args.epochs_baseline, epochs_admm=args.epochs_admm,
+        epochs_finetune=args.epochs_finetune, lr_baseline=args.lr_baseline, lr_admm=args.lr,
+        lr_finetune=args.lr_finetune, batch_size=args.batch_size, weight_decay=args.weight_decay,
+        admm_lambda=args.admm_lambda, admm_lambda_growth=args.admm_lambda_growth,
+        admm_lambda_max=args.admm_lambda_max, project_every=args.project_every, seed=args.seed,
+        train_limit=args.train_limit, test_limit=args.test_limit, image_size=args.image_size,
+        workers=args.workers, threads=args.threads,
+    )  # fmt: skip
+    kw.update(overrides)
+    return CompressConfig(**kw)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="compress a network with CEPD ADMM (train/load baseline, ADMM, fine-tune)",
+        description="Train the dense baseline (or load --weights), allocate TT ranks and kept filters "
+        "for the target, run ADMM with hard constraints, convert to the compact CEPD model, fine-tune "
+        "and save it. Writes OUTPUT, OUTPUT's .log.jsonl and .curves.png; checkpoints every epoch "
+        "(OUTPUT.ckpt, resume with --resume). Runs under torchrun for DistributedDataParallel.",
+    )
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--flops-remaining", type=fraction, help="target fraction of dense MACs, e.g. 0.5")
+    goal.add_argument("--params-remaining", type=fraction, help="target fraction of dense params")
+    goal.add_argument("--config", help="YAML/JSON per-layer ranks (as for convert)")
+    add_training_args(p)
+    p.add_argument("--baseline-out", help="also save the trained dense baseline here")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, help="output CEPD model file (.pt)")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cepd_deploy.compress.pipeline import compress
+
+    out = output_path(args.output)
+    if args.baseline_out:
+        output_path(args.baseline_out)
+    cfg = config_from(args, output=str(out), flops_remaining=args.flops_remaining,
+                      params_remaining=args.params_remaining, config=args.config,
+                      baseline_out=args.baseline_out, resume=args.resume)  # fmt: skip
+    result = compress(cfg, progress=not args.no_progress)
+    if not result["main_process"]:
+        return 0  # under torchrun only rank 0 reports
+    result.pop("main_process")
+    if args.json:
+        print_json(result)
+    else:
+        print(f"wrote {out}: accuracy {result['accuracy']:.2f}% (dense baseline "
+              f"{result['baseline_accuracy']:.2f}%, after ADMM before fine-tuning "
+              f"{result['admm_accuracy']:.2f}%), {result['flops_remaining']:.1%} FLOPs and "
+              f"{result['params_remaining']:.1%} params remaining; log {result['log']}, "
+              f"curves {result['plot']}")  # fmt: skip
+    return 0
