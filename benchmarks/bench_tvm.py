@@ -97,8 +97,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--points", type=float, nargs="*", default=list(POINTS))
-    p.add_argument("--tune-trials", type=int, nargs="*", default=[],
-                   help="trials per kernel; several values (ascending) give a latency-vs-trials curve")  # fmt: skip
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        nargs="*",
+        default=[],
+        help="trials per kernel; several values (ascending) give a latency-vs-trials curve",
+    )
     p.add_argument("--tune-models", nargs="*", default=["cepd46.1%"], help="which models to tune")
     args = p.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
@@ -117,8 +122,15 @@ def main() -> None:
         for trials in sorted(args.tune_trials) if name in args.tune_models else []:
             t0 = time.perf_counter()
             runs[f"{name}/tvm-tuned{trials}"], man = tvm_runner(plan, args.threads, work, trials)
-            tuning.append({"model": name, "trials_per_kernel": trials, "wall_s": round(time.perf_counter() - t0, 1),
-                           "tuned_kernels": man["tuned_kernels"], "kernels": man["kernels"]})  # fmt: skip
+            tuning.append(
+                {
+                    "model": name,
+                    "trials_per_kernel": trials,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "tuned_kernels": man["tuned_kernels"],
+                    "kernels": man["kernels"],
+                }
+            )
             print(f"tuned {name} to {trials} trials/kernel in {tuning[-1]['wall_s']} s", flush=True)
         for k, fn in ort_runners(plan, args.threads).items():
             runs[f"{name}/{k}"] = fn
@@ -128,19 +140,39 @@ def main() -> None:
     rows = []
     for key, ts in times.items():
         name, runtime = key.split("/")
-        rows.append({"model": name, "runtime": runtime, "median_ms": round(statistics.median(ts), 2),
-                     "min_ms": round(min(ts), 2), **info[name]})  # fmt: skip
-    for r in rows:  # ratios inside one model, against its best onnxruntime row
-        ort = [q["median_ms"] for q in rows if q["model"] == r["model"] and q["runtime"].startswith("ort")]
-        r["vs_best_ort"] = round(r["median_ms"] / min(ort), 3)
-    result = {"threads": args.threads, "batch": 1, "shape": list(SHAPE), "repeats": args.repeats,
-              "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "tuning": tuning,
-              "cpu": _cpu(), "rows": rows}  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "runtime": runtime,
+                "median_ms": round(statistics.median(ts), 2),
+                "min_ms": round(min(ts), 2),
+                **info[name],
+            }
+        )
+    for r in rows:  # ratios inside one model: vs its best onnxruntime row, vs ORT fused
+        mine = {q["runtime"]: q["median_ms"] for q in rows if q["model"] == r["model"]}
+        r["vs_best_ort"] = round(r["median_ms"] / min(v for k, v in mine.items() if k.startswith("ort")), 3)
+        if "ort-fused" in mine:
+            r["vs_ort_fused"] = round(r["median_ms"] / mine["ort-fused"], 3)
+    result = {
+        "threads": args.threads,
+        "batch": 1,
+        "shape": list(SHAPE),
+        "repeats": args.repeats,
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "tuning": tuning,
+        "cpu": _cpu(),
+        "rows": rows,
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'model':12s} {'runtime':18s} {'median ms':>10s} {'min ms':>8s} {'vs best ORT':>11s}")
+    head = ("model", "runtime", "median ms", "min ms", "/best ORT", "/ORT fused")
+    print("{:12s} {:18s} {:>10s} {:>8s} {:>10s} {:>10s}".format(*head))
     for r in rows:
-        print(f"{r['model']:12s} {r['runtime']:18s} {r['median_ms']:10.2f} {r['min_ms']:8.2f} {r['vs_best_ort']:11.2f}")
+        ms = f"{r['median_ms']:10.2f} {r['min_ms']:8.2f}"
+        fused = f"{r['vs_ort_fused']:10.2f}" if "vs_ort_fused" in r else f"{'-':>10s}"
+        print(f"{r['model']:12s} {r['runtime']:18s} {ms} {r['vs_best_ort']:10.2f} {fused}")
     print(f"load average before/after: {load_before} / {result['load_avg_after']}")
 
 

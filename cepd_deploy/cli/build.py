@@ -8,6 +8,8 @@ import sys
 from cepd_deploy.cli.common import add_json_arg, add_model_arg, print_json
 from cepd_deploy.errors import CEPDError
 
+TVM_KINDS = ("llvm", "cuda")  # `--target llvm|cuda` builds with the TVM target
+
 
 def register(sub) -> None:
     from cepd_deploy.targets import REGISTRY
@@ -20,7 +22,8 @@ def register(sub) -> None:
         "--report prints the latency/resource estimate per layer.",
     )
     add_model_arg(p)
-    p.add_argument("--target", required=True, metavar="NAME", help=f"one of: {', '.join(REGISTRY)}")
+    names = ", ".join([*REGISTRY, *TVM_KINDS])
+    p.add_argument("--target", required=True, metavar="NAME", help=f"one of: {names} (llvm, cuda: TVM)")
     p.add_argument("-o", "--output", required=True, help="output folder (created; replaced if made by build)")
     p.add_argument(
         "--csim", action="store_true", help="compile and run the C-simulation on the golden images"
@@ -31,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--calib", type=int, default=8, help="calibration samples (default 8)")
     p.add_argument("--golden", type=int, default=4, help="golden images for csim and the driver (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample images")
+    p.add_argument("--verify", action="store_true", help="run the build against torch (llvm/cuda)")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials per distinct kernel, cached (llvm; default 0: untuned)")
+    p.add_argument("--threads", type=int, help="CPU threads the build targets (llvm; default: all)")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -38,7 +45,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from cepd_deploy.targets import get
 
-    target = get(args.target)
+    target = get("tvm" if args.target in TVM_KINDS else args.target)
     if not hasattr(target, "cli"):  # a target plugs in with cli(args) -> (figures, text, exit code)
         raise CEPDError(f"target {args.target!r} does not implement `build` (no cli(args) entry point)")
     result, text, code = target.cli(args)
