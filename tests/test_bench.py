@@ -67,3 +67,15 @@ def test_cli_writes_json(tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:-1]) == 0  # --json alone prints the object
     assert json.loads(capsys.readouterr().out)["rows"][1]["target"] == "torch"
+
+
+def test_every_target_gives_a_row():
+    """Modelled (pynq-z1, eyeriss) and compiled/measured (onnxruntime, tvm) targets on one Plan."""
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install cepd-deploy[tvm])")
+    targets = ("pynq-z1", "eyeriss", "onnxruntime", "onnxruntime-fused", "tvm")
+    got = run_bench("resnet20", (0.5,), targets, repeats=1, warmup=1, progress=False)
+    assert sorted({r.target for r in got}) == sorted(targets)
+    for r in got:
+        assert r.latency_ms > 0
+    modelled = {r.target: r for r in got if r.kind == "modelled" and r.flops_remaining < 1}
+    assert modelled["pynq-z1"].speedup > 1 and modelled["eyeriss"].speedup > 1  # deterministic models

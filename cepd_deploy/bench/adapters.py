@@ -59,6 +59,6 @@ def runner(target: str, model: nn.Module, plan: Plan, threads: int, workdir: Pat
 
         out = Path(tempfile.mkdtemp(dir=workdir))
         tvm_target.build(plan, out, target="llvm", threads=threads)
-        return tvm_target.load(out)
+        return tvm_target.load(out, threads=threads)
     raise CEPDError(f"{target!r} is not a measured target ({', '.join(MEASURED)})")
 
