@@ -70,12 +70,16 @@ def test_awkward_network_dense_and_batch2(tmp_path, awkward):
 
 
 @pytest.mark.slow
-def test_resnet50_cepd_small_input(tmp_path):
-    """CEPD ResNet-50 (46.1% FLOPs) at a small input: bottlenecks, strided 1x1 subsampling,
-    every stage's kernel shapes at a fraction of the 224x224 cost."""
+def test_resnet50ish_cepd_small_batch(tmp_path):
+    """ResNet-50's bottlenecks at every stage width (one block per stage, two in stage 2 for an
+    identity shortcut), CEPD at 46.1% FLOPs, batch 2 at 64x64: stem, max-pool, strided 3x3 and
+    strided 1x1 (subsampled) layers, the 1x1 rewrites, the 7x7 stage, fc."""
+    from cepd_deploy.model.zoo import Bottleneck, ResNet
+
     torch.manual_seed(0)
-    model = cd.convert(cd.build_model("resnet50"), flops_remaining=0.461, input_shape=(1, 3, 64, 64)).eval()
-    check_roundtrip(model, tmp_path / "out", (1, 3, 64, 64))
+    model = randomize_bn(ResNet(Bottleneck, [1, 2, 1, 1], [64, 128, 256, 512], 1000, imagenet=True))
+    model = cd.convert(model, flops_remaining=0.461, input_shape=(2, 3, 64, 64)).eval()
+    check_roundtrip(model, tmp_path / "out", (2, 3, 64, 64))
 
 
 def test_load_errors(tmp_path):
