@@ -221,8 +221,8 @@ def test_pointwise_rewrites_keep_the_values(tmp_path):
     """Two 1x1 TT steps merge into one matmul (fewer MACs); a 1x1 S branch shares the first
     step's GEMM; the build verifies against torch and the original Plan."""
     from cepd_deploy.plan.cost import plan_macs
+    from cepd_deploy.plan.rewrite import merge_pointwise
     from cepd_deploy.targets.tvm.lowering import lower_plan
-    from cepd_deploy.targets.tvm.rewrite import merge_pointwise
 
     torch.manual_seed(0)
     model = cd.convert(randomize_bn(Bottleneck()), flops_remaining=0.6, input_shape=(1, 32, 16, 16)).eval()

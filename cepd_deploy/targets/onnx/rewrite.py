@@ -1,10 +1,7 @@
 """Plan -> Plan rewrites the ONNX target applies before emitting (exact algebra, fewer ops).
 
-``merge_pointwise``: two consecutive channel contractions of one layer (1x1 steps on unfolded
-views, nothing else reading the first, no epilogue between) are one matmul with W = W2 @ W1
-when that is fewer MACs: in a 1x1 CEPD conv the ``o-k-i`` chain I -> r2 -> r1 -> O becomes
-I -> r1 -> O (the K*K = 1 core is an r2 x r1 matrix). The middle step was a full pass over the
-activations for r2*r1 MACs per pixel; onnxruntime profiles showed it as the slowest step kind.
+``merge_pointwise`` (shared with the TVM target) lives in ``cepd_deploy.plan.rewrite``: onnxruntime
+profiles showed the middle 1x1 step of a 1x1 CEPD conv as the slowest step kind.
 """
 
 from __future__ import annotations
@@ -14,47 +11,9 @@ from dataclasses import replace
 import numpy as np
 
 from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.plan.rewrite import is_pointwise, merge_pointwise
 
-
-def _pointwise(node: Node) -> bool:
-    a = node.attrs
-    if node.op is Op.MATMUL:
-        return a["outer"] == 1 and a["inner"] == 1
-    return (node.op is Op.CONV and a["outer"] == 1 and a["groups"] == 1 and a["kernel"] == (1, 1)
-            and a["stride"] == (1, 1) and a["padding"] == (0, 0))  # fmt: skip
-
-
-def merge_pointwise(plan: Plan) -> Plan:
-    """A Plan where mergeable pairs of 1x1 steps are single matmuls (same values elsewhere)."""
-    readers: dict[str, int] = {plan.output: 1}
-    for n in plan.nodes:
-        for x in n.inputs:
-            readers[x] = readers.get(x, 0) + 1
-    producer = {n.output: n for n in plan.nodes}
-    consts = dict(plan.consts)
-    merged: dict[str, Node] = {}  # name of the second node -> its replacement
-    dropped: set[str] = set()
-    for m in plan.nodes:
-        n = producer.get(m.inputs[0]) if m.inputs else None
-        if n is None or n.name in dropped or n.name in merged or not (_pointwise(n) and _pointwise(m)):
-            continue
-        if n.layer != m.layer or not n.epilogue.empty or readers.get(n.output, 0) != 1:
-            continue
-        cin, mid, cout = n.attrs["cin"], n.attrs["cout"], m.attrs["cout"]
-        if cin * mid + mid * cout <= cin * cout:
-            continue
-        w1 = np.asarray(plan.consts[n.weights[0]], np.float64).reshape(mid, cin)
-        w2 = np.asarray(plan.consts[m.weights[0]], np.float64).reshape(cout, mid)
-        name = f"{m.name}.merged.w"
-        consts[name] = (w2 @ w1).astype(np.float32)
-        merged[m.name] = replace(m, op=Op.MATMUL, inputs=(n.inputs[0], *m.inputs[1:]),
-                                 in_shapes=(n.in_shapes[0], *m.in_shapes[1:]), weights=(name,),
-                                 attrs=dict(outer=1, cin=cin, cout=cout, inner=1))  # fmt: skip
-        dropped.add(n.name)
-    if not merged:
-        return plan
-    nodes = [merged.get(n.name, n) for n in plan.nodes if n.name not in dropped]
-    return Plan(plan.input, plan.input_shape, plan.output, nodes, consts, plan.layers)
+__all__ = ["fold_pointwise_sparse", "merge_pointwise"]
 
 
 def _placement(index, out_channels: int) -> np.ndarray:
@@ -83,7 +42,7 @@ def fold_pointwise_sparse(plan: Plan, max_kappa: int) -> Plan:
 
     def single(value: str) -> Node | None:
         n = producer.get(value)
-        ok = n is not None and _pointwise(n) and n.epilogue.empty and readers.get(value, 0) == 1
+        ok = n is not None and is_pointwise(n) and n.epilogue.empty and readers.get(value, 0) == 1
         return n if ok and n.name not in dropped and n.name not in replaced else None
 
     for sc in plan.nodes:

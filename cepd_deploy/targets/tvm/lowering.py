@@ -24,11 +24,11 @@ from tvm import relax
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.plan.rewrite import is_pointwise, merge_pointwise, readers
 from cepd_deploy.targets.tvm import conv as convk
 from cepd_deploy.targets.tvm import gemm as gemmk
 from cepd_deploy.targets.tvm import simple
 from cepd_deploy.targets.tvm.kernel import Call, Epi, EpiValues, Kernel
-from cepd_deploy.targets.tvm.rewrite import is_pointwise, merge_pointwise, readers
 
 #: Plan ops no handler covers (none: every op is lowered)
 UNSUPPORTED: frozenset[Op] = frozenset()

@@ -1,11 +1,10 @@
-"""Plan -> Plan rewrites done before lowering to TVM (exact algebra: the reference interpreter
-gives the same values, up to float rounding).
+"""Plan -> Plan rewrites that are exact algebra (the reference interpreter gives the same values,
+up to float rounding), shared by the targets that want them.
 
 ``merge_pointwise``: two consecutive 1x1 steps of one layer (unfolded views, nothing else
 reading the first, no epilogue between) become one matmul W2 @ W1 when that is fewer MACs. In
 a 1x1 CEPD conv the ``o-k-i`` chain I -> r2 -> r1 -> O becomes I -> r1 -> O: the K*K = 1 core
 is just an r2 x r1 matrix, and its step was a whole pass over the activations.
-(The ONNX target has the same rewrite; both could share one in ``cepd_deploy.plan``.)
 """
 
 from __future__ import annotations
