@@ -1,9 +1,10 @@
 """The models and sessions of the ONNX benchmark: dense ResNet-50 vs CEPD at three FLOPs points.
 
 CEPD models come from ``convert`` (direct method, sparsity 0.9, o-k-i) and are cached under
-``benchmarks/out/`` (conversion takes ~2 min per point on 2 cores). With ``rank_multiple`` the
-allocation only uses ranks in that multiple (onnxruntime's blocked NCHWc convs want channel
-counts in multiples of the SIMD width: 16 floats with AVX-512, 8 with AVX2).
+``benchmarks/out/``. Two allocations of the same FLOPs target: ``uniform`` (one cost ratio for
+every layer, ranks in multiples of ``rank_multiple``) and ``ort-latency`` (the layers and ranks
+with the least measured onnxruntime latency on this machine, ranks in multiples of 16, see
+``cepd_deploy.targets.onnx.latency``; the first run measures every layer option, ~1 min).
 """
 
 from __future__ import annotations
@@ -23,31 +24,43 @@ SHAPE = (1, 3, 224, 224)
 CACHE = Path(__file__).resolve().parent / "out"
 
 
-def cepd_resnet50(flops: float, rank_multiple: int = 1):
-    """A CEPD ResNet-50 at a FLOPs target (cached), ranks allocated in multiples of ``rank_multiple``."""
+ALLOCATIONS = ("uniform", "ort-latency")
+
+
+def cepd_resnet50(flops: float, rank_multiple: int = 1, allocation: str = "uniform", threads: int = 2):
+    """A CEPD ResNet-50 at a FLOPs target (cached on disk)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"resnet50_f{flops:.3f}_r{rank_multiple}.pt"
+    latency = None
+    if allocation == "ort-latency":
+        from cepd_deploy.targets.onnx.latency import OrtLatency
+
+        latency, rank_multiple = OrtLatency(threads=threads), 16
+        path = CACHE / f"resnet50_f{flops:.3f}_lat{threads}.pt"
+    else:
+        path = CACHE / f"resnet50_f{flops:.3f}_r{rank_multiple}.pt"
     if path.exists():
         return cd.load(path)
     model = cd.convert(cd.build_model("resnet50"), flops_remaining=flops, input_shape=SHAPE,
-                       rank_multiple=rank_multiple)  # fmt: skip
+                       rank_multiple=rank_multiple, latency=latency)  # fmt: skip
     cd.save(model, path, input_shape=SHAPE[1:])
     return model
 
 
-def sessions(points=POINTS, threads: int = 2, rank_multiple: int = 1, native: bool = True) -> dict:
-    """name -> (session, flops remaining): dense, then per point CEPD portable, fused (function
-    bodies on stock onnxruntime) and, with ``native``, fused on the native kernel."""
+def sessions(points=POINTS, threads: int = 2, rank_multiple: int = 1, native: bool = True,
+             allocations=ALLOCATIONS) -> dict:  # fmt: skip
+    """name -> (session, flops remaining): dense, then per allocation and point CEPD portable,
+    fused (function bodies on stock onnxruntime) and, with ``native``, fused on the native kernel."""
     dense = cd.lower(cd.build_model("resnet50").eval(), SHAPE)
     out = {"dense": (build_session(to_model(dense), threads), 1.0)}
-    for f in points:
-        plan = cd.lower(cepd_resnet50(f, rank_multiple), SHAPE)
-        fr = totals(plan)["flops_remaining"]
-        fused = to_model(plan, fused=True)
-        out[f"cepd{f:.1%}-portable"] = (build_session(to_model(plan), threads), fr)
-        out[f"cepd{f:.1%}-fused"] = (build_session(fused, threads), fr)
-        if native and native_available():
-            out[f"cepd{f:.1%}-fused-native"] = (build_session(fused, threads, native=True), fr)
+    for alloc in allocations:
+        for f in points:
+            plan = cd.lower(cepd_resnet50(f, rank_multiple, alloc, threads), SHAPE)
+            fr = totals(plan)["flops_remaining"]
+            fused = to_model(plan, fused=True)
+            out[f"cepd{f:.1%}-{alloc}-portable"] = (build_session(to_model(plan), threads), fr)
+            out[f"cepd{f:.1%}-{alloc}-fused"] = (build_session(fused, threads), fr)
+            if native and native_available():
+                out[f"cepd{f:.1%}-{alloc}-fused-native"] = (build_session(fused, threads, native=True), fr)
     return out
 
 

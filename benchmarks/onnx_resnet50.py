@@ -1,5 +1,6 @@
 """Dense ResNet-50 on onnxruntime vs CEPD ResNet-50 (portable, fused, fused on the native
-kernel) and eager torch (dense, CEPD, CEPD on the native kernel).
+kernel; uniform and onnxruntime-latency-aware rank allocation) and eager torch (dense, CEPD,
+CEPD on the native kernel).
 
     python benchmarks/onnx_resnet50.py -o benchmarks/out/onnx_resnet50.json [--rank-multiple 16]
 
@@ -22,19 +23,28 @@ import statistics  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import torch  # noqa: E402
-from onnx_cases import POINTS, SHAPE, cepd_resnet50, input_array, sessions, time_interleaved  # noqa: E402
+from onnx_cases import (  # noqa: E402
+    ALLOCATIONS,
+    POINTS,
+    SHAPE,
+    cepd_resnet50,
+    input_array,
+    sessions,
+    time_interleaved,
+)
 
 import cepd_deploy as cd  # noqa: E402
 from cepd_deploy.targets.onnx import native  # noqa: E402
 
 
-def layer_split(plan_flops: float, threads: int, rank_multiple: int, top: int = 8) -> list[dict]:
-    """Per-CEPD-layer kernel time from an onnxruntime profile of the portable model."""
+def layer_split(plan_flops: float, threads: int, rank_multiple: int, allocation: str,
+                top: int = 8) -> list[dict]:  # fmt: skip
+    """Per-layer kernel time from an onnxruntime profile of the portable model."""
     import onnxruntime as ort
 
     from cepd_deploy.targets.onnx import session_options, to_model
 
-    plan = cd.lower(cepd_resnet50(plan_flops, rank_multiple), SHAPE)
+    plan = cd.lower(cepd_resnet50(plan_flops, rank_multiple, allocation, threads), SHAPE)
     so = session_options(threads)
     so.enable_profiling = True
     sess = ort.InferenceSession(to_model(plan).SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -70,7 +80,8 @@ def main() -> None:
     p.add_argument("-o", "--output", default="benchmarks/out/onnx_resnet50.json")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--rank-multiple", type=int, default=1)
+    p.add_argument("--rank-multiple", type=int, default=1, help="for the uniform allocation")
+    p.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=list(ALLOCATIONS))
     p.add_argument("--no-torch", action="store_true", help="skip the eager torch rows")
     p.add_argument("--no-native", action="store_true", help="skip the native-kernel rows")
     args = p.parse_args()
@@ -79,16 +90,18 @@ def main() -> None:
     if use_native:
         native.set_threads(args.threads)
     x = input_array()
-    sess = sessions(POINTS, args.threads, args.rank_multiple, native=use_native)
+    sess = sessions(POINTS, args.threads, args.rank_multiple, native=use_native, allocations=args.allocations)
     runs = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, (s, _) in sess.items()}
     flops = {k: fr for k, (_, fr) in sess.items()}
     if not args.no_torch:
         xt = torch.from_numpy(x)
         models = {"dense": cd.build_model("resnet50").eval()}
-        models.update({f"cepd{f:.1%}": cepd_resnet50(f, args.rank_multiple).eval() for f in POINTS})
-        if use_native:
-            for f in POINTS:
-                models[f"cepd{f:.1%}-native"] = native.accelerate(cepd_resnet50(f, args.rank_multiple).eval())
+        alloc = args.allocations[0]
+        for f in POINTS:
+            models[f"cepd{f:.1%}-{alloc}"] = cepd_resnet50(f, args.rank_multiple, alloc, args.threads).eval()
+            if use_native:
+                model = cepd_resnet50(f, args.rank_multiple, alloc, args.threads).eval()
+                models[f"cepd{f:.1%}-{alloc}-native"] = native.accelerate(model)
         for k, m in models.items():
             runs[f"torch-{k}"] = lambda m=m: m(xt)
             flops[f"torch-{k}"] = flops["dense" if k == "dense" else f"{k.removesuffix('-native')}-portable"]
@@ -108,12 +121,13 @@ def main() -> None:
     result = {"threads": args.threads, "batch": 1, "shape": list(SHAPE), "repeats": args.repeats,
               "rank_multiple": args.rank_multiple, "load_avg": os.getloadavg(), "rows": rows,
               "native_isa": native.isa() if use_native else None,
-              "slowest_layers_46.1%": layer_split(0.461, args.threads, args.rank_multiple)}  # fmt: skip
+              "slowest_layers_46.1%": {a: layer_split(0.461, args.threads, args.rank_multiple, a)
+                                       for a in args.allocations}}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)
     for r in rows:
-        print(f"{r['name']:28s} {r['median_ms']:8.2f} ms  x{r['speedup']:.2f}  "
+        print(f"{r['name']:40s} {r['median_ms']:8.2f} ms  x{r['speedup']:.2f}  "
               f"{r['ideal_fraction']:.0%} of FLOPs ideal (FLOPs {r['flops_remaining']:.1%})  |  "
               f"cpu {r['median_cpu_ms']:8.2f} ms  x{r['cpu_speedup']:.2f}  {r['cpu_ideal_fraction']:.0%}")
 

@@ -9,10 +9,10 @@ writes the JSON table (use it for speedup ratios on a shared machine).
 from __future__ import annotations
 
 import pytest
-from onnx_cases import POINTS, input_array, sessions
+from onnx_cases import ALLOCATIONS, POINTS, input_array, sessions
 
 KINDS = ("portable", "fused", "fused-native")
-NAMES = ["dense"] + [f"cepd{f:.1%}-{kind}" for f in POINTS for kind in KINDS]
+NAMES = ["dense"] + [f"cepd{f:.1%}-{a}-{kind}" for a in ALLOCATIONS for f in POINTS for kind in KINDS]
 
 
 @pytest.fixture(scope="module")

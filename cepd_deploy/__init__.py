@@ -16,6 +16,16 @@ from cepd_deploy.plan.lower import lower
 
 __version__ = "0.1.0"
 
+
+def get_library_path() -> str:
+    """Path of the onnxruntime custom-op library running ``ai.cepd::TTSparseConv`` on the native
+    kernel (``so.register_custom_ops_library(cepd_deploy.get_library_path())``); raises
+    CEPDError if it was not built. See :mod:`cepd_deploy.targets.onnx.ort_library`."""
+    from cepd_deploy.targets.onnx.ort_library import get_library_path as path
+
+    return path()
+
+
 __all__ = [
     "CEPDConv2d",
     "CEPDError",
@@ -24,6 +34,7 @@ __all__ = [
     "__version__",
     "build_model",
     "convert",
+    "get_library_path",
     "load",
     "lower",
     "save",

@@ -12,6 +12,7 @@ from test_onnx_helpers import OneLayer, random_layer, randomise_bn
 import cepd_deploy as cd
 from cepd_deploy.plan.reference import run as run_plan
 from cepd_deploy.targets.onnx import build_session, run_session, to_model
+from cepd_deploy.targets.onnx.portable import PLACE_MAX_KAPPA
 
 LAYOUTS = ["o-k-i", "eq9", "oo-k-ii", "o1|o2|o3|k|i1|i2|i3"]
 CHANNELS = [1, 2, 3, 4, 6, 7, 8, 12, 13, 16, 24]  # includes primes
@@ -68,15 +69,15 @@ def test_layouts_and_kappa_extremes(layout, kappa):
                 seed=kappa))  # fmt: skip
 
 
-@pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
-def test_many_kept_filters_use_scatter_elements(kernel):
-    from cepd_deploy.targets.onnx.portable import FOLD_MAX_KAPPA
-
-    case = dict(cin=96, cout=96, kernel=kernel, stride=1, padding=(kernel[0] // 2, kernel[1] // 2),
-                size=5, layout="o-k-i", kappa=FOLD_MAX_KAPPA + 9, ranks=[0.1], batch=2, bn=True,
-                residual=True, act="relu", bias=True, seed=3)  # fmt: skip
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5)])  # (a 1x1 with so many kept filters runs dense)
+@pytest.mark.parametrize("residual", [False, True])
+def test_many_kept_filters_use_scatter_nd(kernel, residual):
+    kappa = PLACE_MAX_KAPPA + 9  # too many kept filters to place by MACs
+    case = dict(cin=160, cout=160, kernel=kernel, stride=1, padding=(kernel[0] // 2, kernel[1] // 2),
+                size=5, layout="o-k-i", kappa=kappa, ranks=[0.1], batch=2, bn=True,
+                residual=residual, act="relu", bias=True, seed=3)  # fmt: skip
     _check(case)
-    layer = random_layer(96, 96, kernel, ranks_frac=[0.1], kappa=FOLD_MAX_KAPPA + 9, padding=kernel[0] // 2)
-    plan = cd.lower(OneLayer(layer, True, True, "relu"), (1, 96, 5, 5))
+    layer = random_layer(160, 160, kernel, ranks_frac=[0.1], kappa=kappa, padding=kernel[0] // 2)
+    plan = cd.lower(OneLayer(layer, True, residual, "relu"), (1, 160, 5, 5))
     ops = [n.op_type for n in to_model(plan).graph.node]
-    assert "ScatterElements" in ops and "Concat" not in ops
+    assert "ScatterND" in ops and "Concat" not in ops

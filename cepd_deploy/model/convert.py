@@ -4,6 +4,14 @@ Either an explicit per-layer config, or a global target (FLOPs or params remaini
 rank allocation: every converted layer gets the largest ranks whose cost is at most rho times
 its dense cost, with one rho for the whole network found by bisection, then single layers are
 raised greedily to close the remaining gap. Costs come from the Plan (``plan/cost.py``).
+
+With a ``latency`` model (e.g. :class:`cepd_deploy.targets.onnx.latency.OrtLatency`, measured
+single-layer latencies) the same FLOPs/params target is met with the per-layer choices (dense
+or candidate ranks) that minimise the summed latency instead, with the total cost between
+``WINDOW`` under the target and the target: a knapsack solved by dynamic programming on a
+cost grid. Which layers are
+compressed, and how hard, then follows what actually costs time on the target; accuracy is
+not modelled, so the fine-tuning step matters as it does for any allocation.
 """
 
 from __future__ import annotations
@@ -27,6 +35,32 @@ from cepd_deploy.plan.ttconv import CostFn, TTConvSpec, choose_path, lower_ttcon
 from cepd_deploy.tt import TTLayout
 
 TOLERANCE = 0.01  # the allocation hits a global target within 1% absolute
+WINDOW = 0.002  # a latency-aware allocation lands at most this far (absolute) under the target
+
+
+@dataclass(frozen=True)
+class LayerProbe:
+    """One conv as a latency model sees it: shapes, what follows it, the S it would keep."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    in_shape: tuple[int, ...]
+    act: str | None
+    kappa: int
+    layout: str
+
+    def key(self) -> list:
+        return [self.in_channels, self.out_channels, list(self.kernel), list(self.stride),
+                list(self.padding), list(self.dilation), list(self.in_shape), self.act, self.kappa,
+                self.layout]  # fmt: skip
+
+
+#: ``(probe, ranks or None for dense) -> latency`` (any unit, summed over layers).
+LatencyFn = Callable[[LayerProbe, "tuple[int, ...] | None"], float]
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,7 @@ def convert(
     convert_first: bool = False,
     cost: CostFn = nodes_macs,
     rank_multiple: int = 1,
+    latency: LatencyFn | None = None,
 ) -> nn.Module:
     """A copy of ``model`` whose Conv2d layers are CEPD convs.
 
@@ -67,6 +102,8 @@ def convert(
     cheaper than dense stay dense. ``cost`` scores contraction orders (default: MACs).
     ``rank_multiple`` (targets only) restricts ranks to multiples of it (e.g. 16, the AVX-512
     width, for runtimes with blocked-channel kernels), capped at each layer's useful maximum.
+    ``latency`` (targets only): allocate for the least summed latency at the target instead of
+    uniformly (see the module docstring).
 
     >>> small = convert(build_model("resnet20"), flops_remaining=0.5)   # doctest: +SKIP
     """
@@ -82,7 +119,7 @@ def convert(
     else:
         metric = "macs" if flops_remaining is not None else "params"
         target = flops_remaining if flops_remaining is not None else params_remaining
-        choices = allocate(dense, convs, target, metric, sparsity, layout, cost, rank_multiple)
+        choices = allocate(dense, convs, target, metric, sparsity, layout, cost, rank_multiple, latency)
     for name, choice in choices.items():
         _replace(model, name, CEPDConv2d.from_conv(convs[name], ranks=choice.ranks,
                                                    kappa=choice.kappa, layout=choice.layout))  # fmt: skip
@@ -228,13 +265,15 @@ def allocate(
     layout: str,
     cost: CostFn = nodes_macs,
     rank_multiple: int = 1,
+    latency: LatencyFn | None = None,
 ) -> dict[str, LayerChoice]:
     """Per-layer ranks whose total ``metric`` ("macs" or "params") is ``target`` x dense."""
     if not 0.0 < target <= 1.0:
         raise CEPDError(f"the {metric} target must be in (0, 1], got {target}")
     base = totals(dense)
     total_dense = base["macs"] if metric == "macs" else base["params"]
-    rows = []  # (name, dense cost, candidate ranks, their costs, kappa)
+    rows = []  # (name, dense cost, [(cost, ranks or None)], kappa)
+    probes: list[LayerProbe] = []
     for name, conv in convs.items():
         info = dense.layers[name]
         lay = TTLayout.parse(layout, conv.out_channels, conv.in_channels, tuple(conv.kernel_size))
@@ -249,7 +288,11 @@ def allocate(
         keep = [(c + bias, r) for c, r in zip(costs, cands) if c + bias < d]
         if keep:
             rows.append((name, d, keep + [(d, None)], kappa))  # None: stay dense
+            act = dense.layer_nodes(name)[-1].epilogue.act
+            probes.append(_probe(conv, info.in_shape, act, kappa, layout))
     fixed = total_dense - sum(r[1] for r in rows)
+    if latency is not None:
+        lats = _latencies(rows, probes, latency)
 
     def pick(rho: float) -> list[int]:
         out = []
@@ -269,6 +312,25 @@ def allocate(
             f"{metric} target {target:.3f} is unreachable: the best reachable is {lowest:.3f}"
         )
     goal = target * total_dense
+    if latency is not None:  # least latency with the total within WINDOW under the goal
+        sel = _least_latency(rows, lats, goal - fixed, goal - fixed - WINDOW * total_dense)
+    else:
+        sel = _uniform(rows, pick, total, goal)
+    achieved = total(sel) / total_dense
+    if abs(achieved - target) > TOLERANCE:
+        raise CEPDError(
+            f"{metric} target {target:.3f} cannot be met within {TOLERANCE:.0%}: "
+            f"the closest reachable is {achieved:.3f}"
+        )
+    return {
+        rows[i][0]: LayerChoice(rows[i][2][k][1], rows[i][3], layout)
+        for i, k in enumerate(sel)
+        if rows[i][2][k][1] is not None
+    }
+
+
+def _uniform(rows, pick, total, goal: float) -> list[int]:
+    """One rho for all layers (bisection), then single layers raised while under the goal."""
     lo, hi = 0.0, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
@@ -282,14 +344,81 @@ def allocate(
                 trial = sel[:i] + [sel[i] + 1] + sel[i + 1 :]
                 if total(trial) <= goal:
                     sel, improved = trial, True
-    achieved = total(sel) / total_dense
-    if abs(achieved - target) > TOLERANCE:
-        raise CEPDError(
-            f"{metric} target {target:.3f} cannot be met within {TOLERANCE:.0%}: "
-            f"the closest reachable is {achieved:.3f}"
-        )
-    return {
-        rows[i][0]: LayerChoice(rows[i][2][k][1], rows[i][3], layout)
-        for i, k in enumerate(sel)
-        if rows[i][2][k][1] is not None
-    }
+    return sel
+
+
+
+def _probe(conv: nn.Conv2d, in_shape, act: str | None, kappa: int, layout: str) -> LayerProbe:
+    return LayerProbe(conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
+                      tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), tuple(in_shape),
+                      act, kappa, layout)  # fmt: skip
+
+
+def _latencies(rows, probes: list[LayerProbe], latency: LatencyFn) -> list[list[float]]:
+    """Every option's latency, with a progress bar (measuring may take minutes the first time)."""
+    from tqdm import tqdm
+
+    todo = [(i, r) for i, row in enumerate(rows) for _, r in row[2]]
+    out: list[list[float]] = [[] for _ in rows]
+    for i, ranks in tqdm(todo, desc="layer latencies", unit="option", leave=False, mininterval=1.0):
+        out[i].append(float(latency(probes[i], ranks)))
+    if hasattr(latency, "save"):
+        latency.save()
+    return out
+
+
+def _least_latency(rows, lats: list[list[float]], budget: float, floor: float,
+                   bins: int = 16384) -> list[int]:  # fmt: skip
+    """Per-layer options with the least summed latency whose summed cost is in [floor, budget].
+
+    A knapsack solved by dynamic programming over a grid of ``bins`` cost steps (costs rounded
+    down, so the floor holds to within a step per layer; the grid budget shrinks by any
+    overshoot until the exact cost fits). When no choice
+    lands in the window, the cheapest options are returned (the caller reports the miss).
+    """
+    costs = [[c for c, _ in row[2]] for row in rows]
+    limit = budget
+    for _ in range(20):
+        sel = _knapsack(costs, lats, limit, floor, bins)
+        if sel is None:
+            break
+        spent = sum(c[k] for c, k in zip(costs, sel))
+        if spent <= budget:
+            return sel
+        limit -= spent - budget
+    return [min(range(len(c)), key=c.__getitem__) for c in costs]
+
+
+def _knapsack(costs: list[list[float]], lats: list[list[float]], limit: float, floor: float,
+              bins: int) -> list[int] | None:  # fmt: skip
+    """Least summed latency, one option per row, grid cost (cost // unit summed) within
+    [floor / unit, bins] where unit = limit / bins (None if nothing fits)."""
+    import numpy as np
+
+    if limit <= 0 or floor > limit:
+        return None
+    unit = limit / bins
+    best = np.full(bins + 1, np.inf)
+    best[0] = 0.0
+    choice = []
+    for c, t in zip(costs, lats):
+        new, arg = np.full(bins + 1, np.inf), np.zeros(bins + 1, np.int64)
+        for k, (ck, tk) in enumerate(zip(c, t)):
+            step = int(ck // unit)
+            if step > bins:
+                continue
+            cand = np.full(bins + 1, np.inf)
+            cand[step:] = best[: bins + 1 - step] + tk
+            better = cand < new
+            new[better], arg[better] = cand[better], k
+        best = new
+        choice.append(arg)
+    low = max(0, int(np.ceil(floor / unit)) - len(costs))  # the rounding down may lose a unit per row
+    b = low + int(np.argmin(best[low:]))
+    if not np.isfinite(best[b]):
+        return None
+    sel = [0] * len(costs)
+    for i in range(len(costs) - 1, -1, -1):
+        sel[i] = int(choice[i][b])
+        b -= int(costs[i][sel[i]] // unit)
+    return sel

@@ -20,7 +20,7 @@ import onnx
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Plan
 from cepd_deploy.targets import TargetInfo
-from cepd_deploy.targets.onnx.portable import FOLD_MAX_KAPPA, HANDLERS, UNSUPPORTED, to_onnx
+from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK, HANDLERS, UNSUPPORTED, placement_pays, to_onnx
 from cepd_deploy.targets.onnx.rewrite import fold_pointwise_sparse, merge_pointwise
 from cepd_deploy.targets.onnx.session import build_session, run_session, session_options
 
@@ -43,13 +43,14 @@ def to_model(plan: Plan, *, fused: bool = False, name: str = "cepd", merge: bool
 
     With ``merge`` (exact rewrites, see :mod:`~cepd_deploy.targets.onnx.rewrite`) consecutive
     1x1 steps of a layer become one matmul where that saves MACs; in the portable graph a 1x1
-    CEPD conv with few kept filters also becomes two matmuls with its sparse branch inside (the
-    fused node keeps S and its index as inputs: the native kernel scatters for free).
+    CEPD conv with few kept filters (``placement_pays``) also becomes two matmuls with its
+    sparse branch inside (the fused node keeps S and its index as inputs: the native kernel
+    scatters for free).
     """
     if merge:
         plan = merge_pointwise(plan)
         if not fused:
-            plan = fold_pointwise_sparse(plan, FOLD_MAX_KAPPA)
+            plan = fold_pointwise_sparse(plan, CHANNEL_BLOCK, placement_pays)
     if fused:
         from cepd_deploy.targets.onnx.fused import to_onnx_fused
 

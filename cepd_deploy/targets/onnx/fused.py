@@ -13,6 +13,7 @@ kernel registered for the domain uses the kernel instead. Bodies are per layer (
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,8 @@ from onnx import helper
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import WEIGHTED, Node, Op, Plan
 from cepd_deploy.targets.onnx.graph import OPSET, FunctionBuilder
+from cepd_deploy.targets.onnx.native import _desc as native_desc
+from cepd_deploy.targets.onnx.native import supported as native_supported
 from cepd_deploy.targets.onnx.portable import Emitter, WeightSource, to_onnx
 
 DOMAIN = "ai.cepd"
@@ -35,31 +38,46 @@ class FunctionSource(WeightSource):
         super().__init__(plan, b)
         self.formals = formals  # const name (or "index") -> formal input name
 
-    def get(self, const: str, shape, scale: str | None = None, name: str = "") -> str:
+    def get(self, const: str, shape, scale: str | None = None, name: str = "", rows: int = 0) -> str:
         v = self.formals[const]
         if tuple(self.array(const).shape) != tuple(shape):
             v = self.b.reshape(v, shape)
         if scale:
             s = self.b.reshape(self.formals[scale], (-1, *([1] * (len(shape) - 1))))
             v = self.b.node("Mul", [v, s])
-        return v
+        return self._pad(v, 0, rows - shape[0], len(shape)) if rows else v
 
-    def folded(self, step: Node, node: Node, scale: str | None = None) -> str:
+    def _pad(self, v: str, axis: int, extra: int, rank: int) -> str:
+        """``v`` with ``extra`` zero slices appended along ``axis``."""
+        if extra <= 0:
+            return v
+        pads = [0] * (2 * rank)
+        pads[rank + axis] = extra
+        return self.b.node("Pad", [v, self.b.ints(pads)])
+
+    def folded(self, step: Node, node: Node, scale: str | None, cols: int) -> str:
         w = self.get(step.weights[0], (node.out_shape[1], step.in_shapes[0][1], 1, 1), scale)
-        return self.b.node("Concat", [w, self.placement(node, scale)], axis=1)
+        return self.b.node("Concat", [w, self.placement(node, scale, cols)], axis=1)
 
-    def scatter_index(self, node: Node) -> str:
-        index = self.b.reshape(self.formals["index"], (1, -1, 1, 1))
-        return self.b.node("Expand", [index, self.b.ints(node.in_shapes[1])])
+    def scatter_nd_index(self, node: Node) -> str:
+        n, kappa = node.out_shape[0], len(node.attrs["index"])
+        channel = self.b.node("Expand", [self.b.reshape(self.formals["index"], (1, kappa, 1)),
+                                         self.b.ints((n, kappa, 1))])  # fmt: skip
+        batch = self.b.const("batch_index", np.broadcast_to(np.arange(n).reshape(n, 1, 1), (n, kappa, 1)))
+        return self.b.node("Concat", [batch, channel], axis=2)
 
-    def placement(self, node: Node, scale: str | None = None) -> str:
+    def index_scale(self, node: Node, scale: str) -> str:
+        s = self.b.node("Gather", [self.formals[scale], self.formals["index"]], axis=0)
+        return self.b.reshape(s, (1, -1, 1, 1))
+
+    def placement(self, node: Node, scale: str | None, cols: int) -> str:
         out_c = node.out_shape[1]
         values = self.b.const("onehot_values", np.array([0.0, 1.0], np.float32))
         p = self.b.node("OneHot", [self.formals["index"], self.b.ints([out_c]), values], axis=0)
         p = self.b.reshape(p, (out_c, -1, 1, 1))
         if scale:
             p = self.b.node("Mul", [p, self.b.reshape(self.formals[scale], (-1, 1, 1, 1))])
-        return p
+        return self._pad(p, 1, cols - len(node.attrs["index"]), 4)
 
 
 def layer_io(plan: Plan, layer: str) -> tuple[list[Node], str, str | None]:
@@ -169,6 +187,9 @@ def fused_emitter(plan: Plan):
         ph, pw = conv["padding"]
         attrs = dict(structure=json.dumps(st, separators=(",", ":")), act=st["act"],
                      residual=int(bool(residual)), kernel_shape=st["kernel"], pads=[ph, pw, ph, pw])
+        if native_supported(st) is None:  # the native kernel's descriptor (see ort_library)
+            with suppress(CEPDError):
+                attrs["native_desc"] = native_desc(st)
         inputs = [x, *names] + ([residual] if residual else [])
         return em.b.node(OP_TYPE, inputs, node.output, domain=DOMAIN, overload=layer, **attrs)
 

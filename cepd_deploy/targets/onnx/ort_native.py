@@ -1,8 +1,9 @@
 """Run fused models' TTSparseConv nodes on the native kernel inside onnxruntime.
 
-The onnxruntime wheel ships no C/C++ API headers and no registry this project can reach ships
-ones for its API version, so the kernel cannot be its own custom-op library. It is reached
-through onnxruntime-extensions' Python custom ops instead: :func:`native_model` rewrites each
+The fallback route, for installs where the custom-op library (``cepd_deploy._ort_cepd``, see
+:mod:`cepd_deploy.targets.onnx.ort_library`) was not built because onnxruntime's C headers
+could not be had: the kernel is reached through onnxruntime-extensions' Python custom ops.
+:func:`native_model` rewrites each
 ``ai.cepd::TTSparseConv`` node the kernel supports into an ``ai.onnx.contrib`` op that holds only
 the activations (input, residual) and a key to a :class:`NativeLayer` built once from the node's
 initializers (so weights are not copied per call); unsupported nodes keep their function body.

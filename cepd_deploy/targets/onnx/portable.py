@@ -6,14 +6,23 @@ into its ``B`` input); :meth:`Emitter.epilogue` emits the rest (Mul, Add, residu
 Clip). Folded views are Reshapes around a Conv and are skipped when ``outer == 1``; a channel
 matmul is a 1x1 Conv on the view (N*outer, cin, inner*H, W), which onnxruntime runs well.
 
-The sparse branch's scatter-add (out = a; out[:, index] += b) has two forms, picked by kappa
-(measured here, ResNet-50 shapes): with few kept filters (kappa <= FOLD_MAX_KAPPA) and ``a``
-from a 1x1 step read by nothing else, it folds into that step, ``Conv(Concat(t, b), [W | P])``
-with P the 0/1 (O, kappa) placement: one GEMM with kappa more input channels, O*kappa MACs per
-pixel (onnxruntime's ScatterElements costs about a copy of ``a``, 2-4x the 1x1 step at 56x56).
-With many kept filters those MACs outgrow the step itself (2048x205 at 7x7), so it is a
-``ScatterElements(a, index, b, reduction="add")``; a non-foldable small scatter is
-``Conv(b, P) + a``.
+The sparse branch's scatter-add (out = a; out[:, index] += b) has two forms (measured here on
+ResNet-50 shapes). When ``a`` comes from a 1x1 step read by nothing else, the scatter emits
+that step itself. With few kept filters (``placement_pays``) it folds into the step,
+``Conv(Concat(t, b), [W | P])`` with P the 0/1 (O, kappa) placement: one GEMM with kappa more
+input channels, O*kappa MACs per pixel, and everything stays in onnxruntime's blocked layout.
+With more (2048x205 at 7x7, or 1024x102 behind a rank-16 chain) b goes in with
+``ScatterND(reduction="add")``, which
+adds whole HxW planes: into the residual when there is one, so that the step, its bias, the
+residual add and the ReLU stay one fused conv (``Conv(t, W, B) + ScatterND(R, index, b)``),
+else into the step's output. A scatter whose ``a`` is not such a step is ``Conv(b, P) + a``
+for few kept filters, else a ScatterND on ``a``.
+
+onnxruntime runs convs in a blocked layout (NCHWc: channels in blocks of 16 floats on AVX-512)
+and pads a conv's output channels to the block anyway; a value whose channel count is not a
+multiple of the block leaves that layout (two reorder copies). So the compact S conv feeding
+a fold or a placement conv is emitted with its filters padded by zero filters to
+``CHANNEL_BLOCK`` (P gets zero columns): the same work onnxruntime does, with no reorders.
 
 Weights come from a :class:`WeightSource`: initializers computed in numpy for the portable
 graph, or ONNX ops on a fused node's inputs inside a function body (``fused.py``), so both
@@ -22,17 +31,29 @@ exports share these handlers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.plan.cost import node_macs
 from cepd_deploy.plan.ir import Epilogue, Node, Op, Plan
+from cepd_deploy.plan.rewrite import is_pointwise
 from cepd_deploy.targets.onnx.graph import GraphBuilder, make_model, value_info
 
 Handler = Callable[["Emitter", Node], tuple[str, Epilogue]]
+
+
+#: Channel block of onnxruntime's NCHWc convs on AVX-512 (a multiple of AVX2's 8).
+CHANNEL_BLOCK = 16
+
+
+def padded(channels: int, block: int = CHANNEL_BLOCK) -> int:
+    """``channels`` rounded up to a multiple of ``block``."""
+    return -(-channels // block) * block
 
 
 class WeightSource:
@@ -44,37 +65,48 @@ class WeightSource:
     def array(self, const: str) -> np.ndarray:
         return np.asarray(self.plan.consts[const], dtype=np.float32)
 
-    def get(self, const: str, shape: Sequence[int], scale: str | None = None, name: str = "") -> str:
-        """``const`` reshaped to ``shape``, times ``scale`` along the first axis if given."""
+    def get(self, const: str, shape: Sequence[int], scale: str | None = None, name: str = "",
+            rows: int = 0) -> str:  # fmt: skip
+        """``const`` reshaped to ``shape``, times ``scale`` along the first axis if given, and
+        padded with zero rows (filters) to ``rows`` along the first axis if that is larger."""
         w = self.array(const).reshape(shape)
         if scale:
             w = w * self.array(scale).reshape(-1, *([1] * (len(shape) - 1)))
+        if rows > w.shape[0]:
+            w = np.concatenate([w, np.zeros((rows - w.shape[0], *w.shape[1:]), np.float32)])
         return self.b.const(name or const, w)
 
-    def _placement(self, node: Node, scale: str | None) -> np.ndarray:
+    def _placement(self, node: Node, scale: str | None, cols: int) -> np.ndarray:
         index = node.attrs["index"]
-        place = np.zeros((node.out_shape[1], len(index), 1, 1), np.float32)
+        place = np.zeros((node.out_shape[1], cols, 1, 1), np.float32)
         place[list(index), np.arange(len(index))] = 1.0
         if scale:
             place *= self.array(scale).reshape(-1, 1, 1, 1)
         return place
 
-    def placement(self, node: Node, scale: str | None = None) -> str:
-        """The (O, kappa, 1, 1) 0/1 matrix putting a scatter's kappa channels at its index."""
-        return self.b.const(f"{node.name}.place", self._placement(node, scale))
+    def placement(self, node: Node, scale: str | None, cols: int) -> str:
+        """The (O, cols, 1, 1) 0/1 matrix putting a scatter's kappa channels at its index (its
+        columns past kappa are zero: they meet the zero filters of a padded S)."""
+        return self.b.const(f"{node.name}.place", self._placement(node, scale, cols))
 
-    def scatter_index(self, node: Node) -> str:
-        """ScatterElements indices: the scatter's index broadcast to the shape of its updates."""
-        index = np.array(node.attrs["index"], np.int64).reshape(1, -1, 1, 1)
-        small = self.b.const(f"{node.name}.index", index)
-        return self.b.node("Expand", [small, self.b.ints(node.in_shapes[1])])
+    def scatter_nd_index(self, node: Node) -> str:
+        """ScatterND indices (N, kappa, 2): (batch, channel) pairs selecting HxW planes."""
+        n, index = node.out_shape[0], np.array(node.attrs["index"], np.int64)
+        pairs = np.stack(np.broadcast_arrays(np.arange(n)[:, None], index[None, :]), -1)
+        return self.b.const(f"{node.name}.nd_index", pairs.astype(np.int64))
 
-    def folded(self, step: Node, node: Node, scale: str | None = None) -> str:
+    def index_scale(self, node: Node, scale: str) -> str:
+        """``scale`` at the scatter's index, shaped (1, kappa, 1, 1)."""
+        s = self.array(scale).reshape(-1)[list(node.attrs["index"])]
+        return self.b.const(f"{node.name}.index_scale", s.reshape(1, -1, 1, 1))
+
+    def folded(self, step: Node, node: Node, scale: str | None, cols: int) -> str:
         """[W | P]: a 1x1 step's weight joined with the placement of the scatter it feeds."""
         w = self.array(step.weights[0]).reshape(node.out_shape[1], -1, 1, 1)
         if scale:
             w = w * self.array(scale).reshape(-1, 1, 1, 1)
-        return self.b.const(f"{step.name}.w", np.concatenate([w, self._placement(node, scale)], 1))
+        place = self._placement(node, scale, cols)
+        return self.b.const(f"{step.name}.w", np.concatenate([w, place], 1))
 
 
 class Emitter:
@@ -86,12 +118,13 @@ class Emitter:
         self.b = builder or GraphBuilder()
         self.b._taken.add(plan.input)
         self.src = source or WeightSource(plan, self.b)
-        self.folded = _foldable_scatters(plan.nodes)  # 1x1 step name -> the scatter it folds into
-        self.producers = {n.output: n for n in plan.nodes}
+        self.scatters = scatter_forms(plan.nodes)  # scatter name -> ScatterForm
+        self.deferred = {f.step.name for f in self.scatters.values() if f.step is not None}
+        self.padded = {f.s_node: f.channels for f in self.scatters.values() if f.s_node}
 
     def emit(self, node: Node) -> str:
-        if node.name in self.folded:
-            return node.output  # emitted by the scatter-add it folds into
+        if node.name in self.deferred:
+            return node.output  # emitted by the scatter-add it feeds
         handler = HANDLERS.get(node.op)
         if handler is None:
             raise CEPDError(f"the onnx target cannot export op {node.op.value!r} ({node.name})")
@@ -126,11 +159,13 @@ class Emitter:
              in_view: tuple[int, ...]) -> tuple[str, Epilogue]:  # fmt: skip
         """A Conv on a folded view; with ``folds`` the epilogue scale and bias go into W and B.
 
-        ``weight``: a value name, or (const, 4-D shape) to fetch from the source (scaled).
+        ``weight``: a value name, or (const, 4-D shape) to fetch from the source (scaled, and
+        padded with zero filters when the node is a padded S conv).
         """
         e = node.epilogue
         if isinstance(weight, tuple):
-            weight = self.src.get(*weight, scale=e.scale if folds else None, name=f"{node.name}.w")
+            weight = self.src.get(*weight, scale=e.scale if folds else None, name=f"{node.name}.w",
+                                  rows=self.padded.get(node.name, 0))  # fmt: skip
         elif folds and e.scale:
             raise CEPDError(f"{node.name}: cannot fold a scale into a computed weight")
         reshaped = tuple(node.in_shapes[0]) != in_view
@@ -190,57 +225,108 @@ def _permute(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     return em.b.reshape(y, node.out_shape), node.epilogue
 
 
-#: Largest kappa whose scatter-add folds into the last 1x1 step (above it: ScatterElements).
-FOLD_MAX_KAPPA = 40
+#: Largest (padded) kappa placed by MACs (a fold or ``Conv(b, P)``) rather than a ScatterND:
+#: the placement costs kappa MACs per output element, a ScatterND about four memory passes
+#: (it works on the plain layout: reorders out of and back into the blocked one, and the add
+#: and ReLU that no longer fuse into the conv). Break-even measured here near 128.
+PLACE_MAX_KAPPA = 128
+#: ... and only while the placement MACs stay under this share of the layer's own MACs (an
+#: expanding 1x1 layer, 256 -> 1024 with 102 kept filters at rank 16, would more than double).
+PLACE_MAX_SHARE = 0.5
 
 
-def _foldable_scatters(nodes: Sequence[Node]) -> dict[str, str]:
+def placement_pays(kappa: int, out_channels: int, pixels: int, layer_macs: int) -> bool:
+    """Whether a scatter of ``kappa`` (padded) channels into ``out_channels`` at ``pixels``
+    output positions is cheaper as placement MACs than as a ScatterND (see PLACE_MAX_*)."""
+    return kappa <= PLACE_MAX_KAPPA and kappa * out_channels * pixels <= PLACE_MAX_SHARE * layer_macs
+
+
+@dataclass(frozen=True)
+class ScatterForm:
+    """How one scatter-add is emitted (see the module docstring).
+
+    ``form``: "fold", "nd" or "place"; ``step``: the 1x1 step producing ``a`` that the scatter
+    emits itself (or None); ``s_node``: the S conv padded to ``channels`` filters (or None).
+    """
+
+    form: str
+    step: Node | None
+    s_node: str | None
+    channels: int
+
+
+def scatter_forms(nodes: Sequence[Node]) -> dict[str, ScatterForm]:
+    """The emission form of every scatter-add of a Plan."""
     readers: dict[str, int] = {}
     for n in nodes:
         for x in n.inputs:
             readers[x] = readers.get(x, 0) + 1
     by_output = {n.output: n for n in nodes}
+    layer_macs: dict[str, int] = {}
+    for n in nodes:
+        layer_macs[n.layer] = layer_macs.get(n.layer, 0) + node_macs(n)
+
+    def single(value: str) -> Node | None:
+        n = by_output.get(value)
+        return n if n is not None and readers[value] == 1 and n.epilogue.empty else None
+
     out = {}
     for n in nodes:
-        prod = by_output.get(n.inputs[0]) if n.op is Op.SCATTER_ADD else None
-        if prod is None or n.in_shapes[1][1] > FOLD_MAX_KAPPA:
+        if n.op is not Op.SCATTER_ADD:
             continue
-        if readers[prod.output] == 1 and prod.epilogue.empty and _is_1x1(prod):
-            out[prod.name] = n.name
+        kappa = n.in_shapes[1][1]
+        step = single(n.inputs[0])
+        step = step if step is not None and is_pointwise(step) else None
+        s = single(n.inputs[1])
+        paddable = s is not None and s.op in (Op.CONV, Op.MATMUL) and s.attrs["outer"] == 1
+        k = padded(kappa) if paddable else kappa
+        pixels = math.prod(n.out_shape) // n.out_shape[1]
+        pays = placement_pays(k, n.out_shape[1], pixels, layer_macs[n.layer])
+        form = "nd" if not pays else "fold" if step is not None else "place"
+        pad = paddable and form != "nd" and k > kappa
+        out[n.name] = ScatterForm(form, step, s.name if pad else None, k if form != "nd" else kappa)
     return out
-
-
-def _is_1x1(node: Node) -> bool:
-    a = node.attrs
-    if node.op is Op.MATMUL:
-        return a["outer"] == 1 and a["inner"] == 1
-    return (node.op is Op.CONV and a["outer"] == 1 and a["groups"] == 1 and a["kernel"] == (1, 1)
-            and a["stride"] == (1, 1) and a["padding"] == (0, 0))  # fmt: skip
 
 
 def _scatter_add(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     a, b = node.inputs[:2]
     e = node.epilogue
-    kappa = node.in_shapes[1][1]
-    prod = em.producers.get(a)
-    if prod is not None and em.folded.get(prod.name) == node.name:
-        cin = prod.in_shapes[0][1]
-        weight = em.src.folded(prod, node, e.scale)
-        joined = em.b.node("Concat", [prod.inputs[0], b], axis=1)
-        view = (node.out_shape[0], cin + kappa, *node.out_shape[2:])
+    f = em.scatters[node.name]
+    rest = replace(e, scale=None, bias=None)
+    if f.form == "fold":  # Conv(Concat(t, b), [W | P]) with the epilogue's scale and bias
+        cin = f.step.in_shapes[0][1]
+        weight = em.src.folded(f.step, node, e.scale, f.channels)
+        joined = em.b.node("Concat", [f.step.inputs[0], b], axis=1)
+        view = (node.out_shape[0], cin + f.channels, *node.out_shape[2:])
         y, _ = em.conv(replace(node, in_shapes=(view,), epilogue=replace(e, scale=None)), joined,
                        weight, dict(kernel_shape=[1, 1]), True, view)  # fmt: skip
-        return y, replace(e, scale=None, bias=None)
-    if kappa > FOLD_MAX_KAPPA:
-        y = em.b.node("ScatterElements", [a, em.src.scatter_index(node), b], axis=1, reduction="add")
-        return y, e
-    if e.scale:  # y*s = a*s + (P*s) b
-        a = em.b.node("Mul", [a, em.src.get(e.scale, (1, -1, 1, 1))])
-    inputs = [b, em.src.placement(node, e.scale)]
-    if e.bias:
-        inputs.append(em.src.get(e.bias, (-1,)))
-    y = em.b.node("Conv", inputs, kernel_shape=[1, 1])
-    return em.b.node("Add", [y, a]), replace(e, scale=None, bias=None)
+        return y, rest
+    if f.form == "place":  # Conv(b, P) + a
+        if e.scale:  # y*s = a*s + (P*s) b
+            a = em.b.node("Mul", [a, em.src.get(e.scale, (1, -1, 1, 1))])
+        inputs = [b, em.src.placement(node, e.scale, f.channels)]
+        if e.bias:
+            inputs.append(em.src.get(e.bias, (-1,)))
+        y = em.b.node("Conv", inputs, kernel_shape=[1, 1])
+        return em.b.node("Add", [y, a]), rest
+    # ScatterND adds b's HxW planes; (a + P b) * s = a * s + P (b * s[index])
+    if e.scale:
+        b = em.b.node("Mul", [b, em.src.index_scale(node, e.scale)])
+    index = em.src.scatter_nd_index(node)
+    if f.step is None:
+        if e.scale:
+            a = em.b.node("Mul", [a, em.src.get(e.scale, (1, -1, 1, 1))])
+        y = em.b.node("ScatterND", [a, index, b], reduction="add")
+        return y, replace(rest, bias=e.bias)
+    step = f.step
+    view = step.in_shapes[0]
+    shape = (node.out_shape[1], view[1], 1, 1)
+    y, _ = em.conv(replace(node, in_shapes=(view,), epilogue=e), step.inputs[0],
+                   (step.weights[0], shape), dict(kernel_shape=[1, 1]), True, view)  # fmt: skip
+    if e.residual:  # into the residual: Conv + Add + Relu stay one fused conv
+        r = em.b.node("ScatterND", [node.inputs[-1], index, b], reduction="add")
+        return em.b.node("Add", [y, r]), replace(rest, residual=False)
+    return em.b.node("ScatterND", [y, index, b], reduction="add"), rest
 
 
 def _pool(em: Emitter, node: Node) -> tuple[str, Epilogue]:

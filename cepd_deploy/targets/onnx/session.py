@@ -29,37 +29,64 @@ def session_options(threads: int | None = None, *, spinning: bool = False, optim
 
 
 def build_session(model, threads: int | None = None, *, spinning: bool = False, optimize: bool = True,
-                  native: bool = False):  # fmt: skip
+                  native: bool | str = False):  # fmt: skip
     """An ``onnxruntime.InferenceSession`` on the CPU for a path or a ModelProto.
 
-    With ``native``, the fused model's TTSparseConv nodes run the native kernel (through
-    onnxruntime-extensions; see :mod:`cepd_deploy.targets.onnx.ort_native`) on ``threads``
-    threads of its own.
+    With ``native``, the fused model's TTSparseConv nodes run the native kernel on ``threads``
+    threads of its own: through the custom-op library (:mod:`~cepd_deploy.targets.onnx.ort_library`)
+    where it is built, else through onnxruntime-extensions (:mod:`~cepd_deploy.targets.onnx.ort_native`);
+    ``native="library"`` / ``"extensions"`` picks one. The session's ``cepd_native`` names the path
+    taken and ``cepd_native_layers`` lists the natively run layers (node names on the library path,
+    the NativeLayer objects, kept alive with the session, on the extensions path).
 
     >>> sess = build_session("model.onnx", threads=2)          # doctest: +SKIP
     """
     import onnxruntime as ort
 
     so = session_options(threads, spinning=spinning, optimize=optimize)
-    layers = []
-    if native:
+    layers: list = []
+    how = _native_path(native)
+    if how:
         import onnx
 
+        model = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+    if how == "library":
+        from cepd_deploy.targets.onnx import ort_library
+
+        so.register_custom_ops_library(ort_library.get_library_path())
+        model = ort_library.native_model(model)
+        layers = [n.name for n in model.graph.node if ort_library.is_native(n)]
+        if threads:
+            ort_library.set_threads(threads)
+    elif how == "extensions":
         from cepd_deploy.targets.onnx.native import set_threads
         from cepd_deploy.targets.onnx.ort_native import library_path, native_model
 
         so.register_custom_ops_library(library_path())
-        model, layers = native_model(onnx.load(str(model)) if isinstance(model, (str, Path)) else model)
+        model, layers = native_model(model)
         if threads:
             set_threads(threads)
     src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     try:
         sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        sess.cepd_native = how
         sess.cepd_native_layers = layers  # the kernels live as long as the session
         return sess
     except Exception as exc:  # onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CEPDError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def _native_path(native: bool | str) -> str | None:
+    if native in (False, None, ""):
+        return None
+    if native not in (True, "library", "extensions"):
+        raise CEPDError(f"native must be a bool, 'library' or 'extensions', not {native!r}")
+    if native is True:
+        from cepd_deploy.targets.onnx import ort_library
+
+        return "library" if ort_library.available() else "extensions"
+    return native
 
 
 def run_session(sess, x: np.ndarray) -> np.ndarray:

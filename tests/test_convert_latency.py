@@ -1,0 +1,71 @@
+"""Latency-aware rank allocation: the target is still met, the summed latency is what is minimised."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from cepd_deploy import build_model, convert, lower
+from cepd_deploy.model.convert import _least_latency
+from cepd_deploy.plan.cost import totals
+
+SHAPE = (1, 3, 32, 32)
+
+
+def _flops(model) -> float:
+    return totals(lower(model, SHAPE))["flops_remaining"]
+
+
+def test_least_latency_matches_brute_force_on_small_problems():
+    # rows: (name, dense cost, [(cost, ranks)], kappa); latencies per option
+    rows = [("a", 10, [(2, (1,)), (5, (2,)), (10, None)], 0),
+            ("b", 10, [(3, (1,)), (6, (2,)), (10, None)], 0),
+            ("c", 10, [(4, (1,)), (7, (2,)), (10, None)], 0)]  # fmt: skip
+    lats = [[1.0, 1.2, 1.5], [0.4, 0.9, 2.0], [0.9, 0.95, 1.0]]
+    for budget, floor in itertools.product((12, 15, 18, 21, 24), (0, 2, 5)):
+        floor = budget - floor
+        sel = _least_latency(rows, lats, budget, floor)
+        cost = sum(r[2][k][0] for r, k in zip(rows, sel))
+        best = min(sum(t[k] for t, k in zip(lats, ks))
+                   for ks in itertools.product(range(3), repeat=3)
+                   if floor <= sum(r[2][k][0] for r, k in zip(rows, ks)) <= budget)  # fmt: skip
+        assert floor <= cost <= budget
+        assert sum(t[k] for t, k in zip(lats, sel)) == pytest.approx(best)
+
+
+def test_a_layer_that_is_slow_when_compressed_stays_dense():
+    slow = "layer2.0.conv1"
+
+    def latency(probe, ranks):  # MACs-like, except one layer whose CEPD form is very slow
+        dense = probe.in_channels * probe.out_channels * probe.kernel[0] * probe.kernel[1]
+        if ranks is None:
+            return dense
+        cost = ranks[0] * (probe.in_channels + probe.out_channels + 9 * ranks[0])
+        strided = (probe.in_channels, probe.out_channels, probe.stride) == (16, 32, (2, 2))
+        return cost * (100 if strided else 1)
+
+    model = convert(build_model("resnet20"), flops_remaining=0.5, latency=latency)
+    assert _flops(model) == pytest.approx(0.5, abs=0.01)
+    assert type(model.get_submodule(slow)).__name__ == "Conv2d"
+    uniform = convert(build_model("resnet20"), flops_remaining=0.5)
+    assert type(uniform.get_submodule(slow)).__name__ == "CEPDConv2d"
+
+
+def test_measured_onnxruntime_latency_is_cached(tmp_path):
+    from cepd_deploy.targets.onnx.latency import OrtLatency
+
+    cache = tmp_path / "lat.json"
+    lat = OrtLatency(threads=1, repeats=3, cache=cache)
+    model = convert(build_model("resnet20"), flops_remaining=0.7, latency=lat, rank_multiple=16)
+    assert _flops(model) == pytest.approx(0.7, abs=0.01)
+    assert lat.measured > 0 and cache.is_file()
+    table = json.loads(cache.read_text())
+    assert len(table) == lat.measured and all(v > 0 for v in table.values())
+    again = OrtLatency(threads=1, repeats=3, cache=cache)
+    convert(build_model("resnet20"), flops_remaining=0.7, latency=again, rank_multiple=16)
+    assert again.measured == 0  # every option came from the cache
+    for m in model.modules():
+        if type(m).__name__ == "CEPDConv2d":
+            assert all(r % 16 == 0 or r == mx for r, mx in zip(m.spec.ranks, m.spec.layout.max_ranks))
