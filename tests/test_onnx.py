@@ -16,17 +16,15 @@ from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import totals
 from cepd_deploy.plan.ir import Op
 from cepd_deploy.plan.reference import run as run_plan
+from cepd_deploy.plan.rewrite import merge_pointwise
 from cepd_deploy.targets import get
 from cepd_deploy.targets.onnx import TARGET, build_session, export, export_onnx, run_session, to_model
 from cepd_deploy.targets.onnx.fused import DOMAIN, OP_TYPE
 from cepd_deploy.targets.onnx.portable import (
-    CHANNEL_BLOCK,
     HANDLERS,
     UNSUPPORTED,
-    placement_pays,
     scatter_forms,
 )
-from cepd_deploy.targets.onnx.rewrite import fold_pointwise_sparse, merge_pointwise
 from cepd_deploy.targets.onnx.verify import compare
 
 
@@ -81,32 +79,25 @@ def test_portable_graph_structure(resnet20):
     m = to_model(plan)
     ops = [n.op_type for n in m.graph.node]
     assert m.opset_import[0].version >= 17
-    # BN folded; 1x1 layers' sparse branch joins the chain where kappa is small, the others'
-    # scatter folds into a Concat + 1x1 conv (few kept filters) or is a ScatterND (many)
-    assert "BatchNormalization" not in ops and "Identity" not in ops
-    rewritten = fold_pointwise_sparse(merge_pointwise(plan), CHANNEL_BLOCK, placement_pays)
-    scatters = [n for n in rewritten.nodes if n.op is Op.SCATTER_ADD]
-    assert len(scatters) <= sum(i.kind == "cepd" and i.kappa > 0 for i in plan.layers.values())
-    forms = [f.form for f in scatter_forms(rewritten.nodes).values()]
-    assert len(forms) == len(scatters) and "ScatterElements" not in ops
+    # BN folded; each scatter-add is placed by MACs (joint / fold / place) or is a ScatterND
+    assert "BatchNormalization" not in ops and "Identity" not in ops and "ScatterElements" not in ops
+    merged = merge_pointwise(plan)
+    scatters = [n for n in merged.nodes if n.op is Op.SCATTER_ADD]
+    forms = [f.form for f in scatter_forms(merged.nodes).values()]
+    assert len(forms) == len(scatters) == sum(i.kind == "cepd" and i.kappa > 0 for i in plan.layers.values())
     assert ops.count("Concat") == forms.count("fold") > 0
     assert ops.count("ScatterND") == forms.count("nd")
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in m.graph.value_info}
     assert all(all(d > 0 for d in s) for s in shapes.values()) and len(shapes) > 20
 
 
-def test_rewrites_keep_the_values(resnet20):
+def test_merge_keeps_the_values(resnet20):
     _, plan = resnet20
     merged = merge_pointwise(plan)
-    both = fold_pointwise_sparse(merged)
-    padded = fold_pointwise_sparse(merged, 4)  # zero channels: joints to a multiple of 4
-    assert len(both.nodes) < len(merged.nodes) < len(plan.nodes)
-    joints = [n.attrs["cout"] for n in padded.nodes if n.weights and n.weights[0].endswith(".joint.w")]
-    assert joints and all(c % 4 == 0 for c in joints)
+    assert len(merged.nodes) < len(plan.nodes)
     x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
     ref = run_plan(plan, x).numpy()
-    for p in (merged, both, padded):
-        assert np.abs(run_plan(p, x).numpy() - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert np.abs(run_plan(merged, x).numpy() - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_export_writes_atomically_and_runs(tmp_path, resnet20):

@@ -81,3 +81,20 @@ def test_many_kept_filters_use_scatter_nd(kernel, residual):
     plan = cd.lower(OneLayer(layer, True, residual, "relu"), (1, 160, 5, 5))
     ops = [n.op_type for n in to_model(plan).graph.node]
     assert "ScatterND" in ops and "Concat" not in ops
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_pointwise_layer_joins_its_sparse_branch(residual):
+    """A 1x1 CEPD conv with few kept filters: x -> [W1; S; 0] -> [W2 | P | 0], no scatter left,
+    in the portable graph and in the fused node's function body alike."""
+    case = dict(cin=64, cout=64, kernel=(1, 1), stride=1, padding=(0, 0), size=6, layout="o-k-i",
+                kappa=6, ranks=[0.25], batch=2, bn=True, residual=residual, act="relu", bias=True,
+                seed=5)  # fmt: skip
+    _check(case)
+    layer = random_layer(64, 64, (1, 1), ranks_frac=[0.25], kappa=6)
+    plan = cd.lower(OneLayer(layer, True, residual, "relu"), (1, 64, 6, 6))
+    ops = [n.op_type for n in to_model(plan).graph.node]
+    assert ops.count("Conv") == 2 and not {"Concat", "ScatterND"} & set(ops)
+    body = to_model(plan, fused=True).functions[0]
+    body_ops = [n.op_type for n in body.node]
+    assert body_ops.count("Conv") == 2 and "ScatterND" not in body_ops

@@ -19,9 +19,9 @@ import onnx
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Plan
+from cepd_deploy.plan.rewrite import merge_pointwise
 from cepd_deploy.targets import TargetInfo
-from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK, HANDLERS, UNSUPPORTED, placement_pays, to_onnx
-from cepd_deploy.targets.onnx.rewrite import fold_pointwise_sparse, merge_pointwise
+from cepd_deploy.targets.onnx.portable import HANDLERS, UNSUPPORTED, to_onnx
 from cepd_deploy.targets.onnx.session import build_session, run_session, session_options
 
 TARGET = TargetInfo("onnxruntime", "runtime", HANDLERS, UNSUPPORTED)
@@ -41,16 +41,14 @@ __all__ = [
 def to_model(plan: Plan, *, fused: bool = False, name: str = "cepd", merge: bool = True) -> onnx.ModelProto:
     """The Plan as an ONNX ModelProto (checked, shapes inferred and stored).
 
-    With ``merge`` (exact rewrites, see :mod:`~cepd_deploy.targets.onnx.rewrite`) consecutive
-    1x1 steps of a layer become one matmul where that saves MACs; in the portable graph a 1x1
-    CEPD conv with few kept filters (``placement_pays``) also becomes two matmuls with its
-    sparse branch inside (the fused node keeps S and its index as inputs: the native kernel
-    scatters for free).
+    With ``merge`` (an exact rewrite, :func:`cepd_deploy.plan.rewrite.merge_pointwise`)
+    consecutive 1x1 steps of a layer become one matmul where that saves MACs. How each sparse
+    branch joins the chain is the emitter's choice (``portable.scatter_forms``), the same in
+    both exports: the fused node keeps the cores, S and its index as inputs, its function body
+    computes the joint weights from them (constant-folded by onnxruntime at load).
     """
     if merge:
         plan = merge_pointwise(plan)
-        if not fused:
-            plan = fold_pointwise_sparse(plan, CHANNEL_BLOCK, placement_pays)
     if fused:
         from cepd_deploy.targets.onnx.fused import to_onnx_fused
 

@@ -55,6 +55,12 @@ class FunctionSource(WeightSource):
         pads[rank + axis] = extra
         return self.b.node("Pad", [v, self.b.ints(pads)])
 
+    def stacked(self, first: Node, s: Node, rows: int) -> str:
+        cin = first.in_shapes[0][1]
+        parts = [self.get(n.weights[0], (-1, cin)) for n in (first, s)]
+        w = self._pad(self.b.node("Concat", parts, axis=0), 0, rows - first.out_shape[1] - s.out_shape[1], 2)
+        return self.b.reshape(w, (rows, cin, 1, 1))
+
     def folded(self, step: Node, node: Node, scale: str | None, cols: int) -> str:
         w = self.get(step.weights[0], (node.out_shape[1], step.in_shapes[0][1], 1, 1), scale)
         return self.b.node("Concat", [w, self.placement(node, scale, cols)], axis=1)

@@ -65,9 +65,9 @@ def _cpu_name() -> str:
 
 def _exporter_digest() -> str:
     from cepd_deploy.plan import rewrite as plan_rewrite
-    from cepd_deploy.targets.onnx import portable, rewrite
+    from cepd_deploy.targets.onnx import fused, portable
 
-    text = "".join(Path(m.__file__).read_text() for m in (portable, rewrite, plan_rewrite))
+    text = "".join(Path(m.__file__).read_text() for m in (portable, fused, plan_rewrite))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -6,23 +6,25 @@ into its ``B`` input); :meth:`Emitter.epilogue` emits the rest (Mul, Add, residu
 Clip). Folded views are Reshapes around a Conv and are skipped when ``outer == 1``; a channel
 matmul is a 1x1 Conv on the view (N*outer, cin, inner*H, W), which onnxruntime runs well.
 
-The sparse branch's scatter-add (out = a; out[:, index] += b) has two forms (measured here on
-ResNet-50 shapes). When ``a`` comes from a 1x1 step read by nothing else, the scatter emits
-that step itself. With few kept filters (``placement_pays``) it folds into the step,
-``Conv(Concat(t, b), [W | P])`` with P the 0/1 (O, kappa) placement: one GEMM with kappa more
-input channels, O*kappa MACs per pixel, and everything stays in onnxruntime's blocked layout.
-With more (2048x205 at 7x7, or 1024x102 behind a rank-16 chain) b goes in with
-``ScatterND(reduction="add")``, which
-adds whole HxW planes: into the residual when there is one, so that the step, its bias, the
-residual add and the ReLU stay one fused conv (``Conv(t, W, B) + ScatterND(R, index, b)``),
-else into the step's output. A scatter whose ``a`` is not such a step is ``Conv(b, P) + a``
-for few kept filters, else a ScatterND on ``a``.
+The sparse branch's scatter-add (out = a; out[:, index] += b) has two kinds of form (measured
+here on ResNet-50 shapes). When ``a`` comes from a 1x1 step read by nothing else, the scatter
+emits that step itself. With few kept filters (``placement_pays``) it is placed by MACs: P the
+0/1 (O, kappa) placement, ``Conv(t', [W | P])`` with t' = ``Concat(t, b)`` ("fold"), or, in a
+1x1 CEPD conv whose first step and S read the same input, t' = ``Conv(x, [W1; S])`` ("joint":
+two matmuls, no scatter left); everything stays in onnxruntime's blocked layout. With more
+kept filters (2048x205 at 7x7, or 1024x102 behind a rank-16 chain) b goes in with
+``ScatterND(reduction="add")``, which adds whole HxW planes: into the residual when there is
+one, so that the step, its bias, the residual add and the ReLU stay one fused conv
+(``Conv(t, W, B) + ScatterND(R, index, b)``), else into the step's output. A scatter whose
+``a`` is not such a step is ``Conv(b, P) + a`` for few kept filters ("place"), else a
+ScatterND on ``a``.
 
 onnxruntime runs convs in a blocked layout (NCHWc: channels in blocks of 16 floats on AVX-512)
 and pads a conv's output channels to the block anyway; a value whose channel count is not a
 multiple of the block leaves that layout (two reorder copies). So the compact S conv feeding
 a fold or a placement conv is emitted with its filters padded by zero filters to
-``CHANNEL_BLOCK`` (P gets zero columns): the same work onnxruntime does, with no reorders.
+``CHANNEL_BLOCK`` (P gets zero columns), and a joint's width is padded the same way: the same
+work onnxruntime does, with no reorders.
 
 Weights come from a :class:`WeightSource`: initializers computed in numpy for the portable
 graph, or ONNX ops on a fused node's inputs inside a function body (``fused.py``), so both
@@ -100,6 +102,13 @@ class WeightSource:
         s = self.array(scale).reshape(-1)[list(node.attrs["index"])]
         return self.b.const(f"{node.name}.index_scale", s.reshape(1, -1, 1, 1))
 
+    def stacked(self, first: Node, s: Node, rows: int) -> str:
+        """[W1; S; 0] as (rows, cin, 1, 1): a 1x1 step and a 1x1 S conv on the same input."""
+        cin = first.in_shapes[0][1]
+        parts = [self.array(n.weights[0]).reshape(-1, cin) for n in (first, s)]
+        w = np.concatenate(parts + [np.zeros((rows - sum(len(p) for p in parts), cin), np.float32)])
+        return self.b.const(f"{first.name}.joint.w", w.reshape(rows, cin, 1, 1))
+
     def folded(self, step: Node, node: Node, scale: str | None, cols: int) -> str:
         """[W | P]: a 1x1 step's weight joined with the placement of the scatter it feeds."""
         w = self.array(step.weights[0]).reshape(node.out_shape[1], -1, 1, 1)
@@ -119,8 +128,10 @@ class Emitter:
         self.b._taken.add(plan.input)
         self.src = source or WeightSource(plan, self.b)
         self.scatters = scatter_forms(plan.nodes)  # scatter name -> ScatterForm
-        self.deferred = {f.step.name for f in self.scatters.values() if f.step is not None}
-        self.padded = {f.s_node: f.channels for f in self.scatters.values() if f.s_node}
+        self.deferred = {n.name for f in self.scatters.values() for n in (f.step, f.first) if n}
+        self.deferred |= {f.s_node.name for f in self.scatters.values() if f.form == "joint"}
+        self.padded = {f.s_node.name: f.channels for f in self.scatters.values()
+                       if f.s_node is not None and f.form != "joint"}  # fmt: skip
 
     def emit(self, node: Node) -> str:
         if node.name in self.deferred:
@@ -245,13 +256,17 @@ def placement_pays(kappa: int, out_channels: int, pixels: int, layer_macs: int) 
 class ScatterForm:
     """How one scatter-add is emitted (see the module docstring).
 
-    ``form``: "fold", "nd" or "place"; ``step``: the 1x1 step producing ``a`` that the scatter
-    emits itself (or None); ``s_node``: the S conv padded to ``channels`` filters (or None).
+    ``form``: "joint", "fold", "place" or "nd". ``step``: the 1x1 step producing ``a`` that the
+    scatter emits itself (or None); ``first``: for "joint", the 1x1 step before ``step``, which
+    shares its input with the 1x1 S conv; ``s_node``: the S conv, when the scatter emits it too
+    ("joint") or pads it with zero filters ("fold", "place"); ``channels``: the width of the
+    placement (kappa, padded for the blocked layout).
     """
 
     form: str
     step: Node | None
-    s_node: str | None
+    first: Node | None
+    s_node: Node | None
     channels: int
 
 
@@ -266,25 +281,35 @@ def scatter_forms(nodes: Sequence[Node]) -> dict[str, ScatterForm]:
     for n in nodes:
         layer_macs[n.layer] = layer_macs.get(n.layer, 0) + node_macs(n)
 
-    def single(value: str) -> Node | None:
+    def single(value: str, layer: str) -> Node | None:
         n = by_output.get(value)
-        return n if n is not None and readers[value] == 1 and n.epilogue.empty else None
+        ok = n is not None and readers[value] == 1 and n.epilogue.empty and n.layer == layer
+        return n if ok else None
 
     out = {}
     for n in nodes:
         if n.op is not Op.SCATTER_ADD:
             continue
-        kappa = n.in_shapes[1][1]
-        step = single(n.inputs[0])
+        kappa, cout = n.in_shapes[1][1], n.out_shape[1]
+        pixels = math.prod(n.out_shape) // cout
+        step = single(n.inputs[0], n.layer)
         step = step if step is not None and is_pointwise(step) else None
-        s = single(n.inputs[1])
+        s = single(n.inputs[1], n.layer)
         paddable = s is not None and s.op in (Op.CONV, Op.MATMUL) and s.attrs["outer"] == 1
+        first = single(step.inputs[0], n.layer) if step is not None else None
+        if first is not None and is_pointwise(first) and s is not None and is_pointwise(s) \
+                and s.inputs[0] == first.inputs[0]:  # fmt: skip
+            r = first.out_shape[1]
+            k = padded(r + kappa) - r
+            if placement_pays(k, cout, pixels, layer_macs[n.layer]):
+                out[n.name] = ScatterForm("joint", step, first, s, k)
+                continue
         k = padded(kappa) if paddable else kappa
-        pixels = math.prod(n.out_shape) // n.out_shape[1]
-        pays = placement_pays(k, n.out_shape[1], pixels, layer_macs[n.layer])
-        form = "nd" if not pays else "fold" if step is not None else "place"
-        pad = paddable and form != "nd" and k > kappa
-        out[n.name] = ScatterForm(form, step, s.name if pad else None, k if form != "nd" else kappa)
+        if not placement_pays(k, cout, pixels, layer_macs[n.layer]):
+            out[n.name] = ScatterForm("nd", step, None, None, kappa)
+            continue
+        form = "fold" if step is not None else "place"
+        out[n.name] = ScatterForm(form, step, None, s if paddable and k > kappa else None, k)
     return out
 
 
@@ -293,12 +318,17 @@ def _scatter_add(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     e = node.epilogue
     f = em.scatters[node.name]
     rest = replace(e, scale=None, bias=None)
-    if f.form == "fold":  # Conv(Concat(t, b), [W | P]) with the epilogue's scale and bias
-        cin = f.step.in_shapes[0][1]
+    if f.form in ("joint", "fold"):  # Conv(t', [W | P]) with the epilogue's scale and bias
+        if f.form == "joint":  # t' = Conv(x, [W1; S; 0]): the first step and S as one matmul
+            x, r = f.first.inputs[0], f.first.out_shape[1]
+            rows = r + f.channels
+            t = em.b.node("Conv", [x, em.src.stacked(f.first, f.s_node, rows)], kernel_shape=[1, 1])
+        else:  # t' = Concat(t, b)
+            r = f.step.in_shapes[0][1]
+            t = em.b.node("Concat", [f.step.inputs[0], b], axis=1)
         weight = em.src.folded(f.step, node, e.scale, f.channels)
-        joined = em.b.node("Concat", [f.step.inputs[0], b], axis=1)
-        view = (node.out_shape[0], cin + f.channels, *node.out_shape[2:])
-        y, _ = em.conv(replace(node, in_shapes=(view,), epilogue=replace(e, scale=None)), joined,
+        view = (node.out_shape[0], r + f.channels, *node.out_shape[2:])
+        y, _ = em.conv(replace(node, in_shapes=(view,), epilogue=replace(e, scale=None)), t,
                        weight, dict(kernel_shape=[1, 1]), True, view)  # fmt: skip
         return y, rest
     if f.form == "place":  # Conv(b, P) + a
