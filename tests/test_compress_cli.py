@@ -53,3 +53,14 @@ def test_compress_errors(tmp_path, capsys, args, match):
 def test_compress_output_folder_missing(tmp_path, capsys):
     assert main(["compress", "--flops-remaining", "0.5", "-o", str(tmp_path / "no" / "m.pt")]) == 2
     assert "output folder does not exist" in capsys.readouterr().err
+
+
+def test_compress_with_latency_aware_allocation(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CEPD_DEPLOY_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r20.pt"
+    code = main(["compress", "--arch", "resnet20", "--data", "digits", "--flops-remaining", "0.7",
+                 "--allocation", "ort-latency", "-o", str(out), "--json", *QUICK])  # fmt: skip
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["flops_remaining"] == pytest.approx(0.7, abs=0.01)
+    assert list((tmp_path / "cache").glob("onnx-latency-*.json"))

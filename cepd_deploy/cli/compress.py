@@ -82,6 +82,8 @@ def register(sub) -> None:
     goal.add_argument("--params-remaining", type=fraction, help="target fraction of dense params")
     goal.add_argument("--config", help="YAML/JSON per-layer ranks (as for convert)")
     add_training_args(p)
+    p.add_argument("--allocation", choices=["uniform", "ort-latency"], default="uniform",
+                   help="how the target is spread over layers (as for convert; default uniform)")
     p.add_argument("--baseline-out", help="also save the trained dense baseline here")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         output_path(args.baseline_out)
     cfg = config_from(args, output=str(out), flops_remaining=args.flops_remaining,
                       params_remaining=args.params_remaining, config=args.config,
-                      baseline_out=args.baseline_out, resume=args.resume)  # fmt: skip
+                      baseline_out=args.baseline_out, resume=args.resume,
+                      allocation=args.allocation)  # fmt: skip
     result = compress(cfg, progress=not args.no_progress)
     if not result["main_process"]:
         return 0  # under torchrun only rank 0 reports

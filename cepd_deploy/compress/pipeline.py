@@ -61,6 +61,7 @@ class CompressConfig:
     config: str | None = None
     sparsity: float = 0.9
     layout: str = "o-k-i"
+    allocation: str = "uniform"  # or "ort-latency" (see cepd_deploy.targets.onnx.latency)
     weights: str | None = None
     baseline_out: str | None = None
     epochs_baseline: int = 20
@@ -96,10 +97,20 @@ class CompressConfig:
                 raise CEPDError(f"{name.replace('_', '-')} must be > 0")
         if self.admm_lambda < 0 or self.admm_lambda_growth <= 0 or self.admm_lambda_max < 0:
             raise CEPDError("the ADMM penalty settings must be non-negative (growth > 0)")
+        if self.allocation not in ("uniform", "ort-latency"):
+            raise CEPDError(f"unknown allocation {self.allocation!r}: uniform or ort-latency")
+        if self.allocation != "uniform" and self.config is not None:
+            raise CEPDError("--allocation ort-latency needs a FLOPs or params target, not --config")
 
     def goal(self) -> dict:
-        return dict(flops_remaining=self.flops_remaining, params_remaining=self.params_remaining,
-                    config=self.config, sparsity=self.sparsity, layout=self.layout)  # fmt: skip
+        out = dict(flops_remaining=self.flops_remaining, params_remaining=self.params_remaining,
+                   config=self.config, sparsity=self.sparsity, layout=self.layout)  # fmt: skip
+        if self.allocation == "ort-latency":
+            from cepd_deploy.targets.onnx.latency import OrtLatency
+            from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
+
+            out.update(latency=OrtLatency(threads=self.threads or 2), rank_multiple=CHANNEL_BLOCK)
+        return out
 
     @property
     def penalty(self) -> Penalty:
