@@ -13,15 +13,18 @@ struct Epilogue {
   const float* scale = nullptr;
   const float* bias = nullptr;
   const int32_t* srow = nullptr;    // output channel -> row of the sparse branch, or -1
-  const float* s = nullptr;         // sparse branch (kappa x out_n)
-  const float* residual = nullptr;  // (M x out_n)
   int act = 0;                      // 0 none, 1 relu, 2 relu6
 };
 
-// acc[MR x NR] = A block (K x MR, packed) * B panel (K x NR, packed).
-using TileFn = void (*)(const float* ap, const float* bp, int k, float* acc);
-// dst[0..len) = epilogue(v[0..len)) for output row ``row`` at output columns [col, col+len).
-using FinishFn = void (*)(const float* v, int len, int row, size_t col, size_t out_n, const Epilogue* e,
-                          float* dst);
+// acc[rows x NR] (+)= A block (K x MR, packed; its first ``rows`` rows) * B, where B row k is the
+// NR floats at base + roff[k] (a panel, or the rows of an activation read in place); add != 0:
+// accumulate onto acc.
+using TileFn = void (*)(const float* ap, const float* base, const int64_t* roff, int k, int rows, float* acc,
+                        int add);
+// The epilogue for rows [row0, row0 + rows) of a finished tile ``acc`` (rows x NR), columns
+// [j0, j0 + len): y[row][dst + j] = act(acc * scale + bias (+ S row srow[row] of ``spanel``,
+// kappa x NR) (+ res[row][dst + j])), rows of y and res out_hw apart.
+using FinishFn = void (*)(const float* acc, int rows, int row0, int j0, int len, const cepd::Epilogue* e,
+                          const float* spanel, const float* res, float* y, size_t out_hw, size_t dst);
 
 }  // namespace cepd

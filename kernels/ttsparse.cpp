@@ -1,19 +1,29 @@
 // TTSparseConv: one CEPD conv (TT chain of 1x1 / KxK steps + filter-sparse branch) on the CPU.
 //
-// float32, NCHW, batch >= 1. A layer is created once (weights packed into 6-row panels), then
-// run any number of times; its workspace grows to the largest batch seen and is reused.
-// GEMMs C[M x N] = A[M x K] * B[K x N] run on 6 x 32 register tiles (AVX-512: 12 zmm
-// accumulators; the AVX2 and generic builds split the same vectors). The tile is compiled once
-// per instruction set (tile_*.cpp, target set per file) and picked by cpuid when the library
-// loads, so one build runs on machines with and without AVX-512.
-// The last step's tile epilogue does scale, bias, the sparse scatter-add, the residual and
-// the activation while the tile is in registers. Work is split over a small persistent
-// thread pool (tasks = N-panels x M-chunks).
+// float32, NCHW, batch >= 1. A layer is created once (weights packed into 6-row blocks), then
+// run any number of times.
+// GEMMs run on 6 x 32 register tiles (AVX-512: 12 zmm accumulators; the AVX2 and generic builds
+// split the same vectors) whose B rows are read in place through row offsets (no packing of
+// activations). The tile is compiled once per instruction set (tile_*.cpp, target set per file)
+// and picked by cpuid when the library loads, so one build runs on machines with and without
+// AVX-512.
+// The whole chain is fused per panel of 32 pixels: each step's 6 x 32 tiles land in a small
+// per-thread panel buffer that is the next step's B (it stays in L1), the sparse branch S runs on
+// the same panel, and the last step's tile epilogue does scale, bias, the sparse scatter-add,
+// the residual and the activation. A layer with a KxK step runs in two passes (one pool
+// dispatch each): pass A runs the 1x1 steps before the KxK step per input panel and writes
+// into a zero-padded, stride-phase-split copy ("planes"; also of x for S), pass B runs the KxK
+// step, the steps after it, S and the epilogue per output panel. A strided window is read
+// from the phase planes, so no im2col is ever built. With few panels (small maps) the chain runs
+// step by step instead (one dispatch per step, tasks over panels x row blocks), so both threads
+// stay busy. The planes and per-panel buffers belong to the layer (reused across runs); the
+// thread pool spins briefly after each job so back-to-back dispatches are cheap.
 //
 // C ABI (ctypes): cepd_tts_create / cepd_tts_run / cepd_tts_destroy / cepd_tts_set_threads.
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -27,8 +37,9 @@
 
 #define CEPD_DECLARE_ISA(ns)                                                            \
   namespace ns {                                                                      \
-  void tile(const float*, const float*, int, float*);                                 \
-  void finish(const float*, int, int, size_t, size_t, const cepd::Epilogue*, float*); \
+  void tile(const float*, const float*, const int64_t*, int, int, float*, int);           \
+  void finish(const float*, int, int, int, int, const cepd::Epilogue*, const float*, const float*, float*, \
+              size_t, size_t);                                                                 \
   }
 CEPD_DECLARE_ISA(cepd_tile_avx512)
 CEPD_DECLARE_ISA(cepd_tile_avx2)
@@ -36,15 +47,19 @@ CEPD_DECLARE_ISA(cepd_tile_generic)
 
 namespace {
 
-#ifndef CEPD_SHALLOW_K
-#define CEPD_SHALLOW_K 64  // GEMMs with K up to this walk rows outside (see gemm)
-#endif
-
 using cepd::Epilogue;
 using cepd::MR;
 using cepd::NR;
 
 // ---- thread pool -----------------------------------------------------------------------
+// A persistent pool: the caller works too; workers spin a short while after each job (so the
+// next layer's dispatch is cheap) and then sleep on a condition variable.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -52,33 +67,34 @@ class Pool {
 
   void resize(int n) {
     n = std::max(1, n);
+    std::lock_guard<std::mutex> one_at_a_time(run_mu_);
     if (n == size_) return;
     stop();
     size_ = n;
     quit_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { loop(); });
+    const uint64_t e = epoch_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, e] { loop(e); });
   }
   int size() const { return size_; }
 
   // Run fn(task) for task in [0, ntasks) on all threads; returns when every task is done.
   void run(int ntasks, const std::function<void(int)>& fn) {
     std::lock_guard<std::mutex> one_at_a_time(run_mu_);
-    if (size_ == 1 || ntasks == 1) {
+    if (size_ == 1 || ntasks <= 1) {
       for (int t = 0; t < ntasks; ++t) fn(t);
       return;
     }
-    {
+    fn_ = &fn;
+    ntasks_ = ntasks;
+    next_.store(0, std::memory_order_relaxed);
+    pending_.store(size_ - 1, std::memory_order_relaxed);
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lk(mu_);
-      fn_ = &fn;
-      ntasks_ = ntasks;
-      next_.store(0);
-      active_ = size_ - 1;
-      ++epoch_;
+      cv_.notify_all();
     }
-    cv_.notify_all();
     work();
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [this] { return active_ == 0; });
+    while (pending_.load(std::memory_order_acquire) > 0) cpu_relax();
     fn_ = nullptr;
   }
 
@@ -86,24 +102,30 @@ class Pool {
   void work() {
     for (int t = next_.fetch_add(1); t < ntasks_; t = next_.fetch_add(1)) (*fn_)(t);
   }
-  void loop() {
-    uint64_t seen = 0;
+  void loop(uint64_t seen) {
     for (;;) {
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return quit_ || epoch_ != seen; });
-        if (quit_) return;
-        seen = epoch_;
+      // spin ~50 us for the next job, then sleep
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; epoch_.load(std::memory_order_acquire) == seen && !quit_.load(); ++i) {
+        cpu_relax();
+        if ((i & 255) == 255 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(50)) break;
       }
+      if (epoch_.load(std::memory_order_acquire) == seen && !quit_.load()) {
+        std::unique_lock<std::mutex> lk(mu_);
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        cv_.wait(lk, [&] { return quit_.load() || epoch_.load(std::memory_order_seq_cst) != seen; });
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      }
+      if (quit_.load()) return;
+      seen = epoch_.load(std::memory_order_acquire);
       work();
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--active_ == 0) done_cv_.notify_one();
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
   void stop() {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      quit_ = true;
+      quit_.store(true);
     }
     cv_.notify_all();
     for (auto& w : workers_) w.join();
@@ -113,12 +135,12 @@ class Pool {
   int size_ = 0;
   std::vector<std::thread> workers_;
   std::mutex mu_, run_mu_;
-  std::condition_variable cv_, done_cv_;
+  std::condition_variable cv_;
   const std::function<void(int)>* fn_ = nullptr;
-  int ntasks_ = 0, active_ = 0;
-  uint64_t epoch_ = 0;
-  std::atomic<int> next_{0};
-  bool quit_ = false;
+  int ntasks_ = 0;
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<int> next_{0}, pending_{0}, sleepers_{0};
+  std::atomic<bool> quit_{false};
 };
 
 Pool& pool() {
@@ -126,11 +148,13 @@ Pool& pool() {
   return p;
 }
 
-// ---- GEMM ------------------------------------------------------------------------------
+// ---- packed weights --------------------------------------------------------------------
 // A packed: for each block of MR rows, K x MR floats (row-major in k), rows past M zero.
 struct Packed {
   int M = 0, K = 0;
   std::vector<float> data;
+  int blocks() const { return (M + MR - 1) / MR; }
+  const float* block(int b) const { return data.data() + static_cast<size_t>(b) * K * MR; }
 };
 
 Packed pack(const float* a, int M, int K) {
@@ -145,16 +169,6 @@ Packed pack(const float* a, int M, int K) {
         p.data[(static_cast<size_t>(b) * K + k) * MR + i] = a[static_cast<size_t>(b * MR + i) * K + k];
   return p;
 }
-
-// B of a GEMM: row k is base + roff[k], N columns. A conv reads its input through row offsets
-// into a zero-padded copy (no im2col); its columns then run over the padded width ``wp`` and
-// only those with (n % wp) < wo are outputs (written compacted).
-struct BSrc {
-  const float* base;
-  const int64_t* roff;
-  int N;
-  int wp = 0, wo = 0;  // 0: every column is an output, in place
-};
 
 // The register tile, one build per instruction set (tile_*.cpp), picked by cpuid once.
 int detect_isa() {  // 2: AVX-512F, 1: AVX2 + FMA, 0: other
@@ -179,171 +193,75 @@ const Isa isa_fns = [] {
   }
 }();
 
-// Pack one NR-column panel of B (zero-padded on the right) into ``panel`` (K x NR).
-void pack_panel(const BSrc& b, int K, int n0, int cols, float* panel) {
-  for (int k = 0; k < K; ++k) {
-    float* dst = panel + static_cast<size_t>(k) * NR;
-    std::memcpy(dst, b.base + b.roff[k] + n0, sizeof(float) * cols);
-    if (cols < NR) std::memset(dst + cols, 0, sizeof(float) * (NR - cols));
-  }
-}
-
-// Contiguous runs of output columns in a panel: (first column in panel, length, destination).
-int column_runs(const BSrc& b, int n0, int cols, int* run_j, int* run_len, size_t* run_dst) {
-  int nruns = 0;
-  for (int j = 0; j < cols;) {
-    const int n = n0 + j;
-    int len = cols - j;
-    size_t dst = n;
-    if (b.wp) {
-      const int ox = n % b.wp;
-      if (ox >= b.wo) {
-        j += b.wp - ox;
-        continue;
-      }
-      len = std::min(len, b.wo - ox);
-      dst = size_t(n / b.wp) * b.wo + ox;
-    }
-    run_j[nruns] = j, run_len[nruns] = len, run_dst[nruns++] = dst;
-    j += len;
-  }
-  return nruns;
-}
-
-// One MR-row block times one packed panel, then store (with the epilogue if any).
-void block_panel(const Packed& a, int blk, const float* panel, const BSrc& b, int n0, int cols, float* c,
-                 size_t out_n, const Epilogue* e) {
-  int run_j[NR], run_len[NR];
-  size_t run_dst[NR];
-  const int nruns = column_runs(b, n0, cols, run_j, run_len, run_dst);
-  alignas(64) float acc[MR * NR];
-  const int m0 = blk * MR, rows = std::min(MR, a.M - m0);
-  isa_fns.tile(a.data.data() + static_cast<size_t>(blk) * a.K * MR, panel, a.K, acc);
-  for (int i = 0; i < rows; ++i) {
-    float* cp = c + static_cast<size_t>(m0 + i) * out_n;
-    const float* v = acc + i * NR;
-    for (int r = 0; r < nruns; ++r) {
-      if (e)
-        isa_fns.finish(v + run_j[r], run_len[r], m0 + i, run_dst[r], out_n, e, cp + run_dst[r]);
-      else
-        std::memcpy(cp + run_dst[r], v + run_j[r], sizeof(float) * run_len[r]);
-    }
-  }
-}
-
-// C (M x out_n) = A * B (+ epilogue). A deep K reuses each packed B panel over many row
-// blocks (tasks = panels x row chunks); a shallow K (memory-bound: a thin B, a wide C) walks
-// row blocks outside so C and the residual stream row by row (tasks = row chunks x panel
-// ranges), re-packing the cheap panels.
-void gemm(const Packed& a, const BSrc& b, float* c, size_t out_n, const Epilogue* e) {
-  const int mblocks = (a.M + MR - 1) / MR;
-  const int npanels = (b.N + NR - 1) / NR;
-  const int threads = pool().size();
-  if (a.K <= CEPD_SHALLOW_K) {
-    const int nranges = std::max(1, std::min(npanels, (4 * threads + mblocks - 1) / mblocks));
-    const int pper = (npanels + nranges - 1) / nranges;
-    pool().run(mblocks * nranges, [&](int task) {
-      const int blk = task / nranges, r = task % nranges;
-      thread_local std::vector<float> panel;
-      panel.resize(static_cast<size_t>(a.K) * NR);
-      for (int p = r * pper; p < std::min(npanels, (r + 1) * pper); ++p) {
-        const int n0 = p * NR, cols = std::min(NR, b.N - n0);
-        pack_panel(b, a.K, n0, cols, panel.data());
-        block_panel(a, blk, panel.data(), b, n0, cols, c, out_n, e);
-      }
-    });
-    return;
-  }
-  int mchunks = std::min(mblocks, std::max(1, (4 * threads + npanels - 1) / npanels));
-  const int per = (mblocks + mchunks - 1) / mchunks;
-  mchunks = (mblocks + per - 1) / per;
-  pool().run(npanels * mchunks, [&](int task) {
-    const int p = task % npanels, q = task / npanels;
-    const int n0 = p * NR, cols = std::min(NR, b.N - n0);
-    thread_local std::vector<float> panel;
-    panel.resize(static_cast<size_t>(a.K) * NR);
-    pack_panel(b, a.K, n0, cols, panel.data());
-    for (int blk = q * per; blk < std::min(mblocks, (q + 1) * per); ++blk)
-      block_panel(a, blk, panel.data(), b, n0, cols, c, out_n, e);
-  });
-}
-
-// ---- convolution inputs ----------------------------------------------------------------
+// ---- geometry --------------------------------------------------------------------------
 struct ConvGeom {
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// Zero-padded copy of one image (c x h x w) -> (c x hp x wp), plus one spare zero row.
-void pad_input(const float* x, int c, int h, int w, const ConvGeom& g, float* out) {
-  const int hp = h + 2 * g.ph, wp = w + 2 * g.pw;
-  const size_t plane = size_t(hp) * wp;
-  std::memset(out, 0, sizeof(float) * (plane * c + wp));
-  for (int ch = 0; ch < c; ++ch)
-    for (int i = 0; i < h; ++i)
-      std::memcpy(out + ch * plane + size_t(i + g.ph) * wp + g.pw, x + (size_t(ch) * h + i) * w,
-                  sizeof(float) * w);
-}
-
-// col[(c*kh + i)*kw + j][oy*wo + ox] for one image (c x h x w): strided convs only.
-void im2col(const float* x, int c, int h, int w, const ConvGeom& g, int ho, int wo, float* col) {
-  const int rows = c * g.kh * g.kw;
-  for (int r = 0; r < rows; ++r) {
-    const int j = r % g.kw, i = (r / g.kw) % g.kh, ch = r / (g.kw * g.kh);
-    float* out = col + static_cast<size_t>(r) * ho * wo;
-    const float* in = x + static_cast<size_t>(ch) * h * w;
-    for (int oy = 0; oy < ho; ++oy) {
-      const int iy = oy * g.sh - g.ph + i * g.dh;
-      float* o = out + oy * wo;
-      if (iy < 0 || iy >= h) {
-        std::memset(o, 0, sizeof(float) * wo);
-        continue;
-      }
-      const float* row = in + static_cast<size_t>(iy) * w;
-      for (int ox = 0; ox < wo; ++ox) {
-        const int ix = ox * g.sw - g.pw + j * g.dw;
-        o[ox] = (ix >= 0 && ix < w) ? row[ix] : 0.0f;
-      }
-    }
+// d[m] = v[m * step] for m < n (step 2: vectorised as a deinterleave).
+inline void deinterleave(float* __restrict d, const float* __restrict v, int n, int step) {
+  if (step == 2) {
+    for (int m = 0; m < n; ++m) d[m] = v[2 * m];
+  } else {
+    for (int m = 0; m < n; ++m) d[m] = v[size_t(m) * step];
   }
 }
 
-// How a conv (or matmul) reads its input: fills ``roff`` and returns the B source; may use
-// ``scratch`` (a padded copy or an im2col buffer).
-BSrc conv_source(const float* x, int c, int h, int w, const ConvGeom& g, int ho, int wo, bool window,
-                 float* scratch, std::vector<int64_t>& roff) {
-  if (!window) {  // a channel matmul
-    roff.resize(c);
-    for (int k = 0; k < c; ++k) roff[k] = int64_t(k) * h * w;
-    return BSrc{x, roff.data(), h * w};
-  }
-  const int kk = g.kh * g.kw;
-  roff.resize(size_t(c) * kk);
-  if (g.sh == 1 && g.sw == 1) {
+// "Planes": a zero-padded copy of a (c x h x w) map, split into sh x sw stride phases, each
+// hq x wq, so that a strided KxK window is a set of row offsets into it and output (oy, ox)
+// is column oy * wq + ox (columns with ox >= wo are computed and dropped). Stride 1: one
+// phase, the plain padded copy. Padding positions are written once (zero) and never again.
+struct Planes {
+  ConvGeom g{};
+  int h = 0, w = 0, wq = 0, hq = 0;
+  size_t plane = 0, cs = 0;  // one phase plane; one channel (all phases)
+
+  Planes() = default;
+  Planes(const ConvGeom& g_, int h_, int w_, int ho, int wo) : g(g_), h(h_), w(w_) {
     const int hp = h + 2 * g.ph, wp = w + 2 * g.pw;
-    const bool padded = g.ph || g.pw;
-    if (padded) pad_input(x, c, h, w, g, scratch);
-    const int rw = padded ? wp : w;
-    for (int ch = 0; ch < c; ++ch)
-      for (int i = 0; i < g.kh; ++i)
-        for (int j = 0; j < g.kw; ++j)
-          roff[(size_t(ch) * g.kh + i) * g.kw + j] =
-              int64_t(ch) * (padded ? hp : h) * rw + int64_t(i) * g.dh * rw + int64_t(j) * g.dw;
-    BSrc b{padded ? scratch : x, roff.data(), ho * rw};
-    if (rw != wo || !padded) {
-      b.wp = rw;
-      b.wo = wo;
-    }
-    return b;
+    wq = std::max((wp + g.sw - 1) / g.sw, wo + ((g.kw - 1) * g.dw) / g.sw);
+    hq = std::max((hp + g.sh - 1) / g.sh, ho + ((g.kh - 1) * g.dh) / g.sh) + 1;
+    plane = size_t(hq) * wq;
+    cs = plane * g.sh * g.sw;
   }
-  im2col(x, c, h, w, g, ho, wo, scratch);
-  for (size_t k = 0; k < roff.size(); ++k) roff[k] = int64_t(k) * ho * wo;
-  return BSrc{scratch, roff.data(), ho * wo};
-}
-
-size_t conv_scratch(int c, int h, int w, const ConvGeom& g, int ho, int wo) {
-  if (g.sh == 1 && g.sw == 1) return size_t(c) * (h + 2 * g.ph) * (w + 2 * g.pw) + (w + 2 * g.pw);
-  return size_t(c) * g.kh * g.kw * ho * wo;
-}
+  size_t size(int c) const { return cs * c + 2 * NR + wq; }  // with slack for over-reads
+  int64_t tap(int i, int j) const {
+    const int y = i * g.dh, x = j * g.dw;
+    return int64_t(((y % g.sh) * g.sw + x % g.sw) * plane) + int64_t(y / g.sh) * wq + x / g.sw;
+  }
+  // Write len values of one channel's map (pixels p, p+1, ... in row-major h x w order).
+  void store(float* ch, const float* v, int len, size_t p) const {
+    int y = int(p / w), x = int(p % w);
+    while (len > 0) {
+      const int run = std::min(len, w - x);
+      store_row(ch, v, run, y, x);
+      v += run, len -= run, x = 0, ++y;
+    }
+  }
+  // Write v[0..run) at row y, columns x, x+1, ... of one channel's map.
+  void store_row(float* ch, const float* v, int run, int y, int x) const {
+    const int yp = y + g.ph, xp = x + g.pw;
+    if (g.sh == 1 && g.sw == 1) {
+      std::memcpy(ch + size_t(yp) * wq + xp, v, sizeof(float) * run);
+      return;
+    }
+    // phase q of the row gets every sw-th value (divisions by 2 as shifts: the common case)
+    const int ya = g.sh == 2 ? (yp & 1) : yp % g.sh, yq = g.sh == 2 ? (yp >> 1) : yp / g.sh;
+    float* rowp = ch + size_t(ya * g.sw) * plane + size_t(yq) * wq;
+    if (g.sw == 2) {
+      const int t0 = xp & 1;  // the first value landing in phase 0 (even columns)
+      if (t0 < run) deinterleave(rowp + ((xp + t0) >> 1), v + t0, (run - t0 + 1) >> 1, 2);
+      const int t1 = 1 - t0;
+      if (t1 < run) deinterleave(rowp + plane + ((xp + t1) >> 1), v + t1, (run - t1 + 1) >> 1, 2);
+      return;
+    }
+    for (int q = 0; q < g.sw; ++q) {
+      const int t0 = ((q - xp % g.sw) + g.sw) % g.sw;
+      if (t0 >= run) continue;
+      deinterleave(rowp + size_t(q) * plane + (xp + t0) / g.sw, v + t0, (run - t0 + g.sw - 1) / g.sw, g.sw);
+    }
+  }
+};
 
 // ---- the layer -------------------------------------------------------------------------
 struct Step {
@@ -362,10 +280,313 @@ struct Layer {
   std::vector<int32_t> srow;
   std::vector<float> scale, bias;
   int residual, act;
-  std::vector<float> ws;     // workspace, reused
-  std::vector<int64_t> roff; // GEMM row offsets, reused
+  // derived at creation
+  int hb, wb;                // the (subsampled) branch input size
+  ConvGeom wg;               // the window as run (stride 1 when subsampled)
+  int ci = -1;               // the windowed step, or -1 (every step and S pointwise)
+  int max_rows = 0, max_k = 0;
+  Planes pl;
+  std::vector<int64_t> roff_x, roff_nr, roff_win;  // x in place; a panel; window into planes
+  std::vector<float> xs, xplanes, cplanes;         // subsampled x; planes of x and of the conv input
+  std::vector<float> mid[2], sbuf;                 // stepwise: intermediates and S, per panel
   std::mutex mu;
 };
+
+using Src = std::pair<const float*, const int64_t*>;  // B rows: base + roff[k]
+
+// What the end of a chain does with the last step's tiles.
+struct Sink {
+  // layer output (pass B, or the only pass)
+  float* y = nullptr;
+  const float* res = nullptr;
+  const Epilogue* e = nullptr;
+  const float* spanel = nullptr;  // S for this panel (kappa x NR), or null
+  size_t out_hw = 0;
+  int wq = 0, wo = 0;             // column pitch and valid width (wq == 0: columns are pixels)
+  // or: a conv input's planes (pass A)
+  const Planes* pl = nullptr;
+  float* planes = nullptr;
+};
+
+float* thread_scratch(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+constexpr int KC = 192;  // K chunk: a chunk of B rows (KC x NR) stays in L1 over the row blocks
+
+// step rows (all blocks) -> panel (rows x NR, row-major); a deep K runs in chunks so the B rows
+// are read from L1 by every row block.
+inline void step_to_panel(const Packed& w, Src src, float* out, int b0 = 0, int b1 = -1) {
+  if (b1 < 0) b1 = w.blocks();
+  const int kc = b1 - b0 > 1 && w.K > KC + KC / 2 ? KC : w.K;
+  for (int k0 = 0; k0 < w.K; k0 += kc) {
+    const int kn = std::min(kc, w.K - k0);
+    for (int b = b0; b < b1; ++b)
+      isa_fns.tile(w.block(b) + size_t(k0) * MR, src.first, src.second + k0, kn, std::min(MR, w.M - b * MR),
+                   out + size_t(b) * MR * NR, k0 > 0);
+  }
+}
+
+// Row blocks [b0, b1) of the last step of a chain on one panel, finished into the sink.
+void step_to_sink(const Packed& w, Src src, size_t n0, int cols, const Sink& k, float* whole, int b0 = 0,
+                  int b1 = -1) {
+  alignas(64) float acc[MR * NR];
+  if (b1 < 0) b1 = w.blocks();
+  const bool chunked = b1 - b0 > 1 && w.K > KC + KC / 2;  // then all rows first, into ``whole``
+  if (chunked) step_to_panel(w, src, whole, b0, b1);
+  // output runs of this panel: (column in panel, length, destination pixel)
+  int run_j[NR], run_len[NR];
+  size_t run_dst[NR];
+  int nruns = 0;
+  if (!k.planes) {
+    for (int j = 0; j < cols;) {
+      const size_t n = n0 + j;
+      int len = cols - j;
+      size_t dst = n;
+      if (k.wq) {
+        const int ox = int(n % k.wq);
+        if (ox >= k.wo) {
+          j += k.wq - ox;
+          continue;
+        }
+        len = std::min(len, k.wo - ox);
+        dst = (n / k.wq) * k.wo + ox;
+      }
+      run_j[nruns] = j, run_len[nruns] = len, run_dst[nruns++] = dst;
+      j += len;
+    }
+  }
+  for (int b = b0; b < b1; ++b) {
+    const int m0 = b * MR, rows = std::min(MR, w.M - m0);
+    if (!chunked) isa_fns.tile(w.block(b), src.first, src.second, w.K, rows, acc, 0);
+    const float* v = chunked ? whole + size_t(m0) * NR : acc;
+    if (k.planes) {
+      for (int i = 0; i < rows; ++i) k.pl->store(k.planes + size_t(m0 + i) * k.pl->cs, v + i * NR, cols, n0);
+      continue;
+    }
+    for (int r = 0; r < nruns; ++r)
+      isa_fns.finish(v, rows, m0, run_j[r], run_len[r], k.e, k.spanel, k.res, k.y, k.out_hw, run_dst[r]);
+  }
+}
+
+// Pack the NR-column panel at n0 (cols < NR: a tail) of in-place rows into ``out`` (K x NR).
+void pack_tail(Src src, int K, size_t n0, int cols, float* out) {
+  for (int k = 0; k < K; ++k) {
+    float* d = out + size_t(k) * NR;
+    std::memcpy(d, src.first + src.second[k] + n0, sizeof(float) * cols);
+    std::memset(d + cols, 0, sizeof(float) * (NR - cols));
+  }
+}
+
+// Per-thread scratch of a layer: two panels for the chain, S's panel, the last step's rows, and
+// a packed tail panel of x.
+size_t layer_scratch(const Layer& L) { return 4 * size_t(L.max_rows) * NR + size_t(L.max_k) * NR; }
+
+// Steps [s0, s1) on one panel: the first reads ``src`` (already offset to the panel), the last
+// goes to the sink; S (if ``s_src``) runs on its own source into the sink's panel.
+void chain(const Layer& L, int s0, int s1, Src src, Src s_src, size_t n0, int cols, Sink sink) {
+  const size_t prow = size_t(L.max_rows) * NR;
+  float* scr = thread_scratch(layer_scratch(L));
+  float* pb[2] = {scr, scr + prow};
+  if (s_src.first) {
+    float* sp = scr + 2 * prow;
+    step_to_panel(L.s, s_src, sp);
+    sink.spanel = sp;
+  }
+  for (int k = s0; k < s1; ++k) {
+    const Packed& w = L.steps[k].w;
+    if (k + 1 == s1) {
+      step_to_sink(w, src, n0, cols, sink, scr + 3 * prow);
+    } else {
+      float* out = pb[(k - s0) & 1];
+      step_to_panel(w, src, out);
+      src = Src{out, L.roff_nr.data()};
+    }
+  }
+}
+
+// Steps [s0, s1) over ``np`` panels (columns [0, ncols)), one pool dispatch per step with tasks
+// = panels x chunks of row blocks, the intermediates in per-panel layer buffers: for layers with
+// few panels (14 x 14, 7 x 7), where one task per panel would leave threads idle.
+// ``src_of(n0, cols)``: the first step's B for a panel; ``s_of(n0)``: S's (or null: no S).
+void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& src_of,
+              const std::function<Src(size_t)>* s_of, size_t ncols, Sink sink) {
+  const int np = int((ncols + NR - 1) / NR);
+  const size_t prow = size_t(L.max_rows) * NR, srow = size_t((L.kappa + MR - 1) / MR * MR) * NR;
+  for (auto& b : L.mid)
+    if (b.size() < np * prow) b.resize(np * prow);
+  if (s_of && L.sbuf.size() < np * srow) L.sbuf.resize(np * srow);
+  const int threads = pool().size();
+  // S rides along with the first step's dispatch, unless that is also the last step (whose
+  // epilogue reads S): then S gets a dispatch of its own first (k == s0 - 1).
+  const bool s_alone = s_of && s1 - s0 == 1;
+  for (int k = s_alone ? s0 - 1 : s0; k < s1; ++k) {
+    const bool s_only = k < s0;
+    const Packed& w = L.steps[s_only ? s0 : k].w;
+    const int nbs = ((k == s0 && s_of && !s_alone) || s_only) ? L.s.blocks() : 0;
+    const int units = (s_only ? 0 : w.blocks()) + nbs;
+    // many row blocks: tasks = chunks of blocks over all panels (each thread reads its own slice
+    // of the weights once); few: tasks = (panel, block)
+    const bool by_rows = units >= 4 * threads;
+    const int per = by_rows ? (units + 6 * threads - 1) / (6 * threads) : 1;
+    const int nchunks = (units + per - 1) / per;
+    const float* in = L.mid[(k - s0 + 1) & 1].data();
+    float* out = L.mid[(k - s0) & 1].data();  // (k < s0: unused)
+    pool().run(by_rows ? nchunks : np * nchunks, [&](int t) {
+      const int c = by_rows ? t : t % nchunks;
+      const int p_lo = by_rows ? 0 : t / nchunks, p_hi = by_rows ? np : p_lo + 1;
+      const int u0 = c * per, u1 = std::min(units, u0 + per);
+      for (int p = p_lo; p < p_hi; ++p) {
+      const size_t n0 = size_t(p) * NR;
+      const int cols = int(std::min<size_t>(NR, ncols - n0));
+      if (u0 < nbs) step_to_panel(L.s, (*s_of)(n0), L.sbuf.data() + p * srow, u0, std::min(u1, nbs));
+      if (u1 <= nbs) continue;
+      const int b0 = std::max(u0, nbs) - nbs, b1 = u1 - nbs;
+      const Src src = k == s0 ? src_of(n0, cols) : Src{in + p * prow, L.roff_nr.data()};
+      if (k + 1 == s1) {
+        Sink sk = sink;
+        sk.spanel = L.sbuf.data() + p * srow;
+        step_to_sink(w, src, n0, cols, sk, thread_scratch(layer_scratch(L)) + 3 * prow, b0, b1);
+      } else {
+        step_to_panel(w, src, out + p * prow, b0, b1);
+      }
+      }
+    });
+  }
+}
+
+void layer_init(Layer& L) {
+  L.hb = (L.H - 1) / L.sub_h + 1;
+  L.wb = (L.W - 1) / L.sub_w + 1;
+  const bool sub = L.sub_h > 1 || L.sub_w > 1;
+  L.wg = sub ? ConvGeom{L.g.kh, L.g.kw, 1, 1, L.g.ph, L.g.pw, L.g.dh, L.g.dw} : L.g;
+  const ConvGeom& g = L.wg;
+  const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  L.ci = -1;
+  if (!pointwise)
+    for (size_t k = 0; k < L.steps.size(); ++k)
+      if (L.steps[k].conv) L.ci = int(k);
+  int rows = L.kappa, kmax = L.I;
+  for (auto& s : L.steps) rows = std::max(rows, s.cout), kmax = std::max(kmax, s.w.K);
+  L.max_rows = (rows + MR - 1) / MR * MR;
+  L.max_k = kmax;
+  L.roff_nr.resize(kmax);
+  for (int k = 0; k < kmax; ++k) L.roff_nr[k] = int64_t(k) * NR;
+  const size_t hw = size_t(L.hb) * L.wb;
+  L.roff_x.resize(L.I);
+  for (int k = 0; k < L.I; ++k) L.roff_x[k] = int64_t(k) * hw;
+  if (sub) L.xs.assign(size_t(L.I) * hw, 0.0f);
+  if (L.ci >= 0 || (L.kappa && !pointwise)) {
+    L.pl = Planes(g, L.hb, L.wb, L.Ho, L.Wo);
+    const int cconv = L.ci >= 0 ? L.steps[L.ci].cin : 0;
+    const int cmax = std::max(L.I, cconv);
+    const int kk = g.kh * g.kw;
+    L.roff_win.resize(size_t(cmax) * kk);
+    for (int c = 0; c < cmax; ++c)
+      for (int i = 0; i < g.kh; ++i)
+        for (int j = 0; j < g.kw; ++j) L.roff_win[(size_t(c) * g.kh + i) * g.kw + j] = int64_t(c) * L.pl.cs + L.pl.tap(i, j);
+    const bool x_win = L.kappa || L.ci == 0;
+    if (x_win) L.xplanes.assign(L.pl.size(L.I), 0.0f);
+    if (L.ci > 0) L.cplanes.assign(L.pl.size(cconv), 0.0f);
+  }
+}
+
+// One image.
+void run_image(Layer& L, const float* xb, const float* res, float* y) {
+  const size_t hw = size_t(L.hb) * L.wb, out_hw = size_t(L.Ho) * L.Wo;
+  Epilogue e;
+  e.scale = L.scale.empty() ? nullptr : L.scale.data();
+  e.bias = L.bias.empty() ? nullptr : L.bias.data();
+  e.srow = L.kappa ? L.srow.data() : nullptr;
+  e.act = L.act;
+  const int nsteps = int(L.steps.size());
+  const float* x = xb;
+  if (L.sub_h > 1 || L.sub_w > 1) {  // subsample (parallel over channel chunks)
+    const int per = 8, chunks = (L.I + per - 1) / per;
+    float* xs = L.xs.data();
+    pool().run(chunks, [&](int t) {
+      for (int c = t * per; c < std::min(L.I, (t + 1) * per); ++c)
+        for (int i = 0; i < L.hb; ++i) {
+          const float* src = xb + (size_t(c) * L.H + size_t(i) * L.sub_h) * L.W;
+          float* d = xs + (size_t(c) * L.hb + i) * L.wb;
+          for (int j = 0; j < L.wb; ++j) d[j] = src[size_t(j) * L.sub_w];
+        }
+    });
+    x = xs;
+  }
+  Sink out;
+  out.y = y, out.res = res, out.e = &e, out.out_hw = out_hw;
+  auto in_place = [&](size_t n0, int cols, int K, float*& tail) -> Src {
+    if (cols == NR) return Src{x + n0, L.roff_x.data()};
+    tail = thread_scratch(layer_scratch(L)) + 4 * size_t(L.max_rows) * NR;
+    pack_tail(Src{x, L.roff_x.data()}, K, n0, cols, tail);
+    return Src{tail, L.roff_nr.data()};
+  };
+  const int few = 4 * pool().size();  // fewer panels than this: run stepwise
+  auto use_stepwise = [&](int np) { return np < few; };
+  const std::function<Src(size_t, int)> x_of = [&](size_t n0, int cols) {
+    float* tail = nullptr;
+    return in_place(n0, cols, L.I, tail);
+  };
+  const std::function<Src(size_t)> xs_of = [&](size_t n0) { return x_of(n0, int(std::min<size_t>(NR, hw - n0))); };
+  if (L.ci < 0 && L.xplanes.empty()) {  // all pointwise: one pass over pixels
+    const int np = int((hw + NR - 1) / NR);
+    if (use_stepwise(np)) return stepwise(L, 0, nsteps, x_of, L.kappa ? &xs_of : nullptr, hw, out);
+    pool().run(np, [&](int p) {
+      const size_t n0 = size_t(p) * NR;
+      const int cols = int(std::min<size_t>(NR, hw - n0));
+      float* tail = nullptr;
+      Src src = in_place(n0, cols, L.I, tail);
+      chain(L, 0, nsteps, src, L.kappa ? src : Src{nullptr, nullptr}, n0, cols, out);
+    });
+    return;
+  }
+  // pass A: the pointwise steps before the windowed one (per input panel), planes of x
+  const Planes& pl = L.pl;
+  const int pre = std::max(0, L.ci);
+  const int np_in = pre > 0 ? int((hw + NR - 1) / NR) : 0;
+  const int fill_per = 4;
+  const int nfill = L.xplanes.empty() ? 0 : (L.I + fill_per - 1) / fill_per;
+  Sink to_planes;
+  to_planes.pl = &pl;
+  to_planes.planes = L.cplanes.data();
+  const bool a_stepwise = np_in > 0 && use_stepwise(np_in);
+  pool().run((a_stepwise ? 0 : np_in) + nfill, [&](int t) {
+    if (a_stepwise) t += np_in;
+    if (t < np_in) {
+      const size_t n0 = size_t(t) * NR;
+      const int cols = int(std::min<size_t>(NR, hw - n0));
+      float* tail = nullptr;
+      Src src = in_place(n0, cols, L.I, tail);
+      chain(L, 0, pre, src, Src{nullptr, nullptr}, n0, cols, to_planes);
+      return;
+    }
+    t -= np_in;
+    float* xp = L.xplanes.data();
+    for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c)
+      for (int i = 0; i < L.hb; ++i) pl.store_row(xp + size_t(c) * pl.cs, x + (size_t(c) * L.hb + i) * L.wb, L.wb, i, 0);
+  });
+  if (a_stepwise) stepwise(L, 0, pre, x_of, nullptr, hw, to_planes);
+  // pass B: the windowed step, the steps after it, S, the epilogue (per output panel)
+  const size_t ncols = size_t(L.Ho) * pl.wq;
+  const int np = int((ncols + NR - 1) / NR);
+  out.wq = pl.wq, out.wo = L.Wo;
+  const float* cin = L.ci == 0 ? L.xplanes.data() : L.cplanes.data();
+  if (use_stepwise(np)) {
+    const std::function<Src(size_t, int)> c_of = [&](size_t n0, int) { return Src{cin + n0, L.roff_win.data()}; };
+    const std::function<Src(size_t)> sp_of = [&](size_t n0) { return Src{L.xplanes.data() + n0, L.roff_win.data()}; };
+    return stepwise(L, L.ci, nsteps, c_of, L.kappa ? &sp_of : nullptr, ncols, out);
+  }
+  pool().run(np, [&](int p) {
+    const size_t n0 = size_t(p) * NR;
+    const int cols = int(std::min<size_t>(NR, ncols - n0));
+    Src s_src{nullptr, nullptr};
+    if (L.kappa) s_src = Src{L.xplanes.data() + n0, L.roff_win.data()};
+    chain(L, L.ci, nsteps, Src{cin + n0, L.roff_win.data()}, s_src, n0, cols, out);
+  });
+}
 
 }  // namespace
 
@@ -405,6 +626,7 @@ CEPD_API void* cepd_tts_create(const int64_t* desc, const float* const* weights,
   }
   if (has_scale) L->scale.assign(weights[wi], weights[wi] + L->O), ++wi;
   if (has_bias) L->bias.assign(weights[wi], weights[wi] + L->O), ++wi;
+  layer_init(*L);
   return L;
 }
 
@@ -419,62 +641,11 @@ CEPD_API int cepd_tts_isa() { return detect_isa(); }  // the tile in use: 2 AVX-
 // y (n x O x Ho x Wo) = layer(x (n x I x H x W)) [+ residual (n x O x Ho x Wo)].
 CEPD_API int cepd_tts_run(void* handle, const float* x, const float* residual, float* y, int n) {
   Layer& L = *static_cast<Layer*>(handle);
+  if (L.steps.empty() || (L.ci < 0 && !L.xplanes.empty())) return -1;
   std::lock_guard<std::mutex> lock(L.mu);
-  const int hb = (L.H - 1) / L.sub_h + 1, wb = (L.W - 1) / L.sub_w + 1;  // branch input size
-  const bool sub = L.sub_h > 1 || L.sub_w > 1;
-  const ConvGeom g = sub ? ConvGeom{L.g.kh, L.g.kw, 1, 1, L.g.ph, L.g.pw, L.g.dh, L.g.dw} : L.g;
-  const size_t in_hw = size_t(hb) * wb, out_hw = size_t(L.Ho) * L.Wo;
-  // workspace: subsampled x, two ping-pong buffers, conv scratch, sparse branch output
-  size_t chan = L.I;
-  for (auto& s : L.steps) chan = std::max({chan, size_t(s.cin), size_t(s.cout)});
-  const size_t big = chan * std::max(in_hw, out_hw);
-  size_t scratch = 0;
-  for (auto& s : L.steps)
-    if (s.conv) scratch = std::max(scratch, conv_scratch(s.cin, hb, wb, g, L.Ho, L.Wo));
-  if (L.kappa) scratch = std::max(scratch, conv_scratch(L.I, hb, wb, g, L.Ho, L.Wo));
-  const size_t need = (sub ? size_t(L.I) * in_hw : 0) + 2 * big + scratch + size_t(L.kappa) * out_hw;
-  if (L.ws.size() < need) L.ws.resize(need);
-  float* xs = L.ws.data();
-  float* buf[2] = {xs + (sub ? size_t(L.I) * in_hw : 0), nullptr};
-  buf[1] = buf[0] + big;
-  float* scr = buf[1] + big;
-  float* sb = scr + scratch;
-  std::vector<int64_t>& roff = L.roff;
-  for (int b = 0; b < n; ++b) {
-    const float* xb = x + size_t(b) * L.I * L.H * L.W;
-    if (sub) {
-      for (int c = 0; c < L.I; ++c)
-        for (int i = 0; i < hb; ++i)
-          for (int j = 0; j < wb; ++j)
-            xs[(size_t(c) * hb + i) * wb + j] = xb[(size_t(c) * L.H + i * L.sub_h) * L.W + j * L.sub_w];
-      xb = xs;
-    }
-    const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-    if (L.kappa) {
-      BSrc src = conv_source(xb, L.I, hb, wb, g, L.Ho, L.Wo, !pointwise, scr, roff);
-      gemm(L.s, src, sb, out_hw, nullptr);
-    }
-    Epilogue e;
-    e.scale = L.scale.empty() ? nullptr : L.scale.data();
-    e.bias = L.bias.empty() ? nullptr : L.bias.data();
-    e.srow = L.kappa ? L.srow.data() : nullptr;
-    e.s = sb;
-    e.residual = L.residual ? residual + size_t(b) * L.O * out_hw : nullptr;
-    e.act = L.act;
-    const float* cur = xb;
-    int hh = hb, ww = wb, which = 0;
-    for (size_t k = 0; k < L.steps.size(); ++k) {
-      const Step& s = L.steps[k];
-      const bool last = k + 1 == L.steps.size();
-      float* out = last ? y + size_t(b) * L.O * out_hw : buf[which];
-      const bool window = s.conv && !pointwise;
-      BSrc src = conv_source(cur, s.cin, hh, ww, g, L.Ho, L.Wo, window, scr, roff);
-      if (s.conv) hh = L.Ho, ww = L.Wo;
-      gemm(s.w, src, out, size_t(hh) * ww, last ? &e : nullptr);
-      cur = out;
-      which ^= 1;
-    }
-  }
+  const size_t in_n = size_t(L.I) * L.H * L.W, out_n = size_t(L.O) * L.Ho * L.Wo;
+  for (int b = 0; b < n; ++b)
+    run_image(L, x + b * in_n, L.residual ? residual + b * out_n : nullptr, y + b * out_n);
   return 0;
 }
 

@@ -21,15 +21,30 @@ from cepd_deploy.errors import CEPDError
 _ACTS = {"": 0, "relu": 1, "relu6": 2}
 
 
+def extension_path(stem: str, what: str) -> str:
+    """Path of the package's compiled library ``stem`` (built by ``pip install``), or a one-line
+    error naming ``what`` is missing."""
+    here = Path(__file__).resolve().parents[2]  # the cepd_deploy package folder
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"{stem}{suffix}"
+        if path.exists():
+            return str(path)
+    raise CEPDError(f"{what} is not built; reinstall with `pip install -e .`")
+
+
+def loads(lib) -> bool:
+    """Whether ``lib()`` (a cached ctypes loader) finds and loads its library."""
+    try:
+        lib()
+    except (CEPDError, OSError):
+        return False
+    return True
+
+
 @lru_cache(maxsize=1)
 def library_path() -> str:
     """Path of the compiled kernel library (built by ``pip install``)."""
-    here = Path(__file__).resolve().parents[2]  # the cepd_deploy package folder
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_ttsparse{suffix}"
-        if path.exists():
-            return str(path)
-    raise CEPDError("the native TTSparseConv kernel is not built; reinstall with `pip install -e .`")
+    return extension_path("_ttsparse", "the native TTSparseConv kernel")
 
 
 @lru_cache(maxsize=1)
@@ -46,11 +61,7 @@ def _lib() -> ctypes.CDLL:
 
 
 def available() -> bool:
-    try:
-        _lib()
-    except (CEPDError, OSError):
-        return False
-    return True
+    return loads(_lib)
 
 
 def set_threads(n: int) -> None:

@@ -19,14 +19,12 @@ loaded as it is. The kernel's thread pool is its own, per process: :func:`set_th
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 from functools import lru_cache
-from pathlib import Path
 
 import onnx
 
-from cepd_deploy.errors import CEPDError
 from cepd_deploy.targets.onnx.fused import DOMAIN, OP_TYPE
+from cepd_deploy.targets.onnx.native import extension_path, loads
 
 REF_OP = "TTSparseConvRef"  # unsupported layers: the function body, not claimed by the library
 DESC_ATTR = "native_desc"
@@ -35,13 +33,8 @@ DESC_ATTR = "native_desc"
 @lru_cache(maxsize=1)
 def get_library_path() -> str:
     """Path of the custom-op library, for ``SessionOptions.register_custom_ops_library``."""
-    here = Path(__file__).resolve().parents[2]  # the cepd_deploy package folder
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_ort_cepd{suffix}"
-        if path.exists():
-            return str(path)
-    raise CEPDError("the onnxruntime custom-op library (cepd_deploy._ort_cepd) is not built; reinstall with "
-                    "`pip install -e .` (needs a C++17 compiler and onnxruntime's C API header)")  # fmt: skip
+    return extension_path("_ort_cepd", "the onnxruntime custom-op library (cepd_deploy._ort_cepd; needs a "
+                          "C++17 compiler and onnxruntime's C API header at install)")  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -55,11 +48,7 @@ def _lib() -> ctypes.CDLL:
 
 def available() -> bool:
     """Whether the library is built and loads."""
-    try:
-        _lib()
-    except (CEPDError, OSError):
-        return False
-    return True
+    return loads(_lib)
 
 
 def set_threads(n: int) -> None:
