@@ -72,10 +72,20 @@ def test_cli_writes_json(tmp_path, capsys):
 def test_every_target_gives_a_row():
     """Modelled (pynq-z1, eyeriss) and compiled/measured (onnxruntime, tvm) targets on one Plan."""
     pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install cepd-deploy[tvm])")
-    targets = ("pynq-z1", "eyeriss", "onnxruntime", "onnxruntime-fused", "tvm")
+    targets = ("pynq-z1", "eyeriss", "onnxruntime", "onnxruntime-fused", "onnxruntime-native", "tvm")
     got = run_bench("resnet20", (0.5,), targets, repeats=1, warmup=1, progress=False)
     assert sorted({r.target for r in got}) == sorted(targets)
     for r in got:
         assert r.latency_ms > 0
     modelled = {r.target: r for r in got if r.kind == "modelled" and r.flops_remaining < 1}
     assert modelled["pynq-z1"].speedup > 1 and modelled["eyeriss"].speedup > 1  # deterministic models
+
+
+def test_latency_aware_variants_are_labelled_and_meet_the_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("CEPD_DEPLOY_CACHE", str(tmp_path))
+    got = run_bench("resnet20", (0.7,), ("onnxruntime",), repeats=1, warmup=1, progress=False,
+                    allocation="ort-latency", threads=1)  # fmt: skip
+    cepd = next(r for r in got if r.flops_remaining < 1)
+    assert cepd.model == "resnet20-cepd700-lat" and cepd.flops_remaining == pytest.approx(0.7, abs=0.01)
+    with pytest.raises(CEPDError, match="unknown allocation"):
+        run_bench("resnet20", (0.7,), ("onnxruntime",), repeats=1, progress=False, allocation="nope")

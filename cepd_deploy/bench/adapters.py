@@ -15,7 +15,7 @@ from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Plan
 
 MODELLED = ("pynq-z1", "eyeriss")
-MEASURED = ("onnxruntime", "onnxruntime-fused", "tvm", "torch")
+MEASURED = ("onnxruntime", "onnxruntime-fused", "onnxruntime-native", "tvm", "torch")
 TARGETS = MODELLED + MEASURED
 
 
@@ -47,12 +47,13 @@ def runner(target: str, model: nn.Module, plan: Plan, threads: int, workdir: Pat
                 return model(torch.from_numpy(x))
 
         return run_torch
-    if target in ("onnxruntime", "onnxruntime-fused"):
+    if target.startswith("onnxruntime"):
         from cepd_deploy.targets import onnx as ort_target
 
-        fused = target.endswith("fused")
+        fused, native = target != "onnxruntime", target == "onnxruntime-native"
         path = ort_target.export(plan, Path(tempfile.mkdtemp(dir=workdir)) / "m.onnx", fused=fused)
-        sess = ort_target.build_session(path, threads)  # fused: the function bodies on stock ORT
+        # fused: the function bodies on stock onnxruntime; native: our TTSparseConv kernel
+        sess = ort_target.build_session(path, threads, native=native)
         return lambda x: ort_target.run_session(sess, x)
     if target == "tvm":
         from cepd_deploy.targets import tvm as tvm_target

@@ -49,20 +49,34 @@ class Variant:
     params_remaining: float
 
 
-def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True) -> list[Variant]:
-    """The dense model and one CEPD conversion per FLOPs point, with their Plans."""
+def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
+                   allocation: str = "uniform", threads: int = 2) -> list[Variant]:  # fmt: skip
+    """The dense model and one CEPD conversion per FLOPs point, with their Plans.
+
+    ``allocation``: "uniform" (``convert``'s default) or "ort-latency" (the least measured
+    onnxruntime latency at ``threads`` threads; labels get a ``-lat`` suffix).
+    """
     from cepd_deploy import build_model, convert, lower
     from cepd_deploy.model.zoo import input_shape
     from cepd_deploy.plan.cost import totals
 
+    kw: dict = {}
+    if allocation == "ort-latency":
+        from cepd_deploy.targets.onnx.latency import OrtLatency
+        from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
+
+        kw = dict(latency=OrtLatency(threads=threads), rank_multiple=CHANNEL_BLOCK)
+    elif allocation != "uniform":
+        raise CEPDError(f"unknown allocation {allocation!r}: uniform or ort-latency")
+    suffix = "-lat" if kw else ""
     shape = (batch, *input_shape(arch))
     base = build_model(arch).eval()
     out = []
     for f in tqdm([1.0, *points], desc=f"convert {arch}", disable=not progress, unit="model"):
-        model = base if f >= 1.0 else convert(base, flops_remaining=f, input_shape=shape)
+        model = base if f >= 1.0 else convert(base, flops_remaining=f, input_shape=shape, **kw)
         plan = lower(model, shape)
         t = totals(plan)
-        label = "dense" if f >= 1.0 else f"cepd{round(f * 1000)}"
+        label = "dense" if f >= 1.0 else f"cepd{round(f * 1000)}{suffix}"
         out.append(Variant(label, f, model, plan, t["flops_remaining"], t["params_remaining"]))
     return out
 
@@ -77,6 +91,7 @@ def run_bench(
     warmup: int = 3,
     eyeriss_spec: str = "eyeriss_scaled",
     progress: bool = True,
+    allocation: str = "uniform",
 ) -> list[Row]:
     """Latency rows for every (model variant, target); speedups against the dense row."""
     unknown = [t for t in targets if t not in TARGETS]
@@ -84,7 +99,7 @@ def run_bench(
         raise CEPDError(f"unknown bench target {unknown[0]!r}; valid: {', '.join(TARGETS)}")
     if any(not 0 < f < 1 for f in points):
         raise CEPDError("FLOPs points must lie in (0, 1)")
-    variants = build_variants(arch, points, progress=progress)
+    variants = build_variants(arch, points, progress=progress, allocation=allocation, threads=threads)
     rows: list[Row] = []
     for target in [t for t in targets if t in MODELLED]:
         for v in tqdm(variants, desc=target, disable=not progress, unit="model"):

@@ -25,6 +25,8 @@ def register(sub) -> None:
                    metavar="F", help="CEPD operating points (default: the paper's three)")  # fmt: skip
     p.add_argument("--targets", nargs="+", default=["pynq-z1", "eyeriss", "onnxruntime", "torch"],
                    choices=TARGETS, metavar="T", help=f"any of: {', '.join(TARGETS)}")  # fmt: skip
+    p.add_argument("--allocation", choices=["uniform", "ort-latency"], default="uniform",
+                   help="rank allocation of the CEPD models (as for convert; default uniform)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for measured targets")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=3)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             ("markdown", args.markdown), ("plot", args.plot)) if v and v != "-"}  # fmt: skip
     rows = run_bench(args.model, tuple(args.flops_remaining), tuple(args.targets), threads=args.threads,
                      repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
-                     progress=not args.quiet)  # fmt: skip
+                     progress=not args.quiet, allocation=args.allocation)  # fmt: skip
     payload = {"model": args.model, "rows": [r.to_json() for r in rows]}
     texts = {"json": json.dumps(payload, indent=1), "csv": rep.to_csv(rows), "markdown": rep.markdown(rows)}
     for key, path in outs.items():

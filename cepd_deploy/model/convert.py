@@ -360,7 +360,8 @@ def _latencies(rows, probes: list[LayerProbe], latency: LatencyFn) -> list[list[
 
     todo = [(i, r) for i, row in enumerate(rows) for _, r in row[2]]
     out: list[list[float]] = [[] for _ in rows]
-    for i, ranks in tqdm(todo, desc="layer latencies", unit="option", leave=False, mininterval=1.0):
+    for i, ranks in tqdm(todo, desc="layer latencies", unit="option", leave=False, mininterval=1.0,
+                         disable=None):  # no bar when stderr is not a terminal
         out[i].append(float(latency(probes[i], ranks)))
     if hasattr(latency, "save"):
         latency.save()

@@ -77,7 +77,7 @@ class OrtLatency:
     ``probe`` is a :class:`cepd_deploy.model.convert.LayerProbe`; ``ranks`` None means dense.
     """
 
-    def __init__(self, threads: int = 2, repeats: int = 15, cache: Path | None = None) -> None:
+    def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None) -> None:
         import onnxruntime as ort
 
         self.threads, self.repeats = int(threads), int(repeats)
