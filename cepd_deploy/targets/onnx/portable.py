@@ -239,7 +239,7 @@ def _permute(em: Emitter, node: Node) -> tuple[str, Epilogue]:
 #: Largest (padded) kappa placed by MACs (a fold or ``Conv(b, P)``) rather than a ScatterND:
 #: the placement costs kappa MACs per output element, a ScatterND about four memory passes
 #: (it works on the plain layout: reorders out of and back into the blocked one, and the add
-#: and ReLU that no longer fuse into the conv). Break-even measured here near 128.
+#: and ReLU that no longer fuse into the conv); the break-even in single-layer runs here was near 128.
 PLACE_MAX_KAPPA = 128
 #: ... and only while the placement MACs stay under this share of the layer's own MACs (an
 #: expanding 1x1 layer, 256 -> 1024 with 102 kept filters at rank 16, would more than double).
