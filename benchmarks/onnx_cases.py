@@ -17,6 +17,7 @@ import numpy as np
 import cepd_deploy as cd
 from cepd_deploy.plan.cost import totals
 from cepd_deploy.targets.onnx import build_session, to_model
+from cepd_deploy.targets.onnx.latency import ALLOCATIONS, allocation_kwargs
 from cepd_deploy.targets.onnx.native import available as native_available
 
 POINTS = (0.663, 0.461, 0.371)
@@ -24,24 +25,15 @@ SHAPE = (1, 3, 224, 224)
 CACHE = Path(__file__).resolve().parent / "out"
 
 
-ALLOCATIONS = ("uniform", "ort-latency")
-
-
 def cepd_resnet50(flops: float, rank_multiple: int = 1, allocation: str = "uniform", threads: int = 2):
     """A CEPD ResNet-50 at a FLOPs target (cached on disk)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    latency = None
-    if allocation == "ort-latency":
-        from cepd_deploy.targets.onnx.latency import OrtLatency
-
-        latency, rank_multiple = OrtLatency(threads=threads), 16
-        path = CACHE / f"resnet50_f{flops:.3f}_lat{threads}.pt"
-    else:
-        path = CACHE / f"resnet50_f{flops:.3f}_r{rank_multiple}.pt"
+    kw = allocation_kwargs(allocation, threads) or {"rank_multiple": rank_multiple}
+    name = f"lat{threads}" if allocation == "ort-latency" else f"r{rank_multiple}"
+    path = CACHE / f"resnet50_f{flops:.3f}_{name}.pt"
     if path.exists():
         return cd.load(path)
-    model = cd.convert(cd.build_model("resnet50"), flops_remaining=flops, input_shape=SHAPE,
-                       rank_multiple=rank_multiple, latency=latency)  # fmt: skip
+    model = cd.convert(cd.build_model("resnet50"), flops_remaining=flops, input_shape=SHAPE, **kw)
     cd.save(model, path, input_shape=SHAPE[1:])
     return model
 

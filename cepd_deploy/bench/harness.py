@@ -59,15 +59,9 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     from cepd_deploy import build_model, convert, lower
     from cepd_deploy.model.zoo import input_shape
     from cepd_deploy.plan.cost import totals
+    from cepd_deploy.targets.onnx.latency import allocation_kwargs
 
-    kw: dict = {}
-    if allocation == "ort-latency":
-        from cepd_deploy.targets.onnx.latency import OrtLatency
-        from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
-
-        kw = dict(latency=OrtLatency(threads=threads), rank_multiple=CHANNEL_BLOCK)
-    elif allocation != "uniform":
-        raise CEPDError(f"unknown allocation {allocation!r}: uniform or ort-latency")
+    kw = allocation_kwargs(allocation, threads)
     suffix = "-lat" if kw else ""
     shape = (batch, *input_shape(arch))
     base = build_model(arch).eval()

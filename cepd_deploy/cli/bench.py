@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from cepd_deploy.cli.common import output_path, print_json
+from cepd_deploy.targets.onnx.latency import ALLOCATIONS
 
 
 def register(sub) -> None:
@@ -25,7 +26,7 @@ def register(sub) -> None:
                    metavar="F", help="CEPD operating points (default: the paper's three)")  # fmt: skip
     p.add_argument("--targets", nargs="+", default=["pynq-z1", "eyeriss", "onnxruntime", "torch"],
                    choices=TARGETS, metavar="T", help=f"any of: {', '.join(TARGETS)}")  # fmt: skip
-    p.add_argument("--allocation", choices=["uniform", "ort-latency"], default="uniform",
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="rank allocation of the CEPD models (as for convert; default uniform)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for measured targets")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_json
+from cepd_deploy.targets.onnx.latency import ALLOCATIONS
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +83,7 @@ def register(sub) -> None:
     goal.add_argument("--params-remaining", type=fraction, help="target fraction of dense params")
     goal.add_argument("--config", help="YAML/JSON per-layer ranks (as for convert)")
     add_training_args(p)
-    p.add_argument("--allocation", choices=["uniform", "ort-latency"], default="uniform",
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="how the target is spread over layers (as for convert; default uniform)")
     p.add_argument("--baseline-out", help="also save the trained dense baseline here")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")

@@ -6,6 +6,7 @@ import argparse
 
 from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_json
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.targets.onnx.latency import ALLOCATIONS, allocation_kwargs
 
 
 def register(sub) -> None:
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--layout", default="o-k-i",
                    help="TT layout: o-k-i (default), eq9, oo-k-ii or a spec like 'o1|o2|k|i1|i2'")
     p.add_argument("--convert-first", action="store_true", help="also convert the first conv")
-    p.add_argument("--allocation", choices=["uniform", "ort-latency"], default="uniform",
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="how a FLOPs/params target is spread over layers: uniform (one cost ratio for "
                    "all, default) or ort-latency (the layers and ranks with the least measured "
                    "onnxruntime latency on this machine; ranks in multiples of 16; measures each "
@@ -56,21 +57,16 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             raise CEPDError("--weights goes with --arch")
         model, shape, _ = resolve(args.model)
-    given = args.rank_multiple
-    latency, multiple = None, 1 if given is None else given
-    if args.allocation == "ort-latency":
-        if args.config:
-            raise CEPDError("--allocation ort-latency needs a --flops-remaining or --params-remaining target")
-        from cepd_deploy.targets.onnx.latency import OrtLatency
-        from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
-
-        latency, multiple = OrtLatency(threads=args.threads), CHANNEL_BLOCK if given is None else given
-    if multiple < 1:
-        raise CEPDError(f"--rank-multiple must be >= 1, got {multiple}")
+    if args.allocation != "uniform" and args.config:
+        raise CEPDError(f"--allocation {args.allocation} needs --flops-remaining or --params-remaining")
+    kw = allocation_kwargs(args.allocation, args.threads)
+    if args.rank_multiple is not None:
+        if args.rank_multiple < 1:
+            raise CEPDError(f"--rank-multiple must be >= 1, got {args.rank_multiple}")
+        kw["rank_multiple"] = args.rank_multiple
     cepd = convert(model, flops_remaining=args.flops_remaining, params_remaining=args.params_remaining,
                    config=args.config, sparsity=args.sparsity, layout=args.layout,
-                   input_shape=shape, convert_first=args.convert_first, rank_multiple=multiple,
-                   latency=latency)  # fmt: skip
+                   input_shape=shape, convert_first=args.convert_first, **kw)  # fmt: skip
     if hasattr(model, "cepd_arch"):
         cepd.cepd_arch = model.cepd_arch
     save(cepd, out, input_shape=shape)

@@ -97,20 +97,19 @@ class CompressConfig:
                 raise CEPDError(f"{name.replace('_', '-')} must be > 0")
         if self.admm_lambda < 0 or self.admm_lambda_growth <= 0 or self.admm_lambda_max < 0:
             raise CEPDError("the ADMM penalty settings must be non-negative (growth > 0)")
-        if self.allocation not in ("uniform", "ort-latency"):
-            raise CEPDError(f"unknown allocation {self.allocation!r}: uniform or ort-latency")
+        from cepd_deploy.targets.onnx.latency import ALLOCATIONS
+
+        if self.allocation not in ALLOCATIONS:
+            raise CEPDError(f"unknown allocation {self.allocation!r}: {' or '.join(ALLOCATIONS)}")
         if self.allocation != "uniform" and self.config is not None:
-            raise CEPDError("--allocation ort-latency needs a FLOPs or params target, not --config")
+            raise CEPDError(f"--allocation {self.allocation} needs a FLOPs or params target, not --config")
 
     def goal(self) -> dict:
-        out = dict(flops_remaining=self.flops_remaining, params_remaining=self.params_remaining,
-                   config=self.config, sparsity=self.sparsity, layout=self.layout)  # fmt: skip
-        if self.allocation == "ort-latency":
-            from cepd_deploy.targets.onnx.latency import OrtLatency
-            from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
+        from cepd_deploy.targets.onnx.latency import allocation_kwargs
 
-            out.update(latency=OrtLatency(threads=self.threads or 2), rank_multiple=CHANNEL_BLOCK)
-        return out
+        return dict(flops_remaining=self.flops_remaining, params_remaining=self.params_remaining,
+                    config=self.config, sparsity=self.sparsity, layout=self.layout,
+                    **allocation_kwargs(self.allocation, self.threads or 2))  # fmt: skip
 
     @property
     def penalty(self) -> Penalty:

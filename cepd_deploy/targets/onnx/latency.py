@@ -31,7 +31,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cepd_deploy.errors import CEPDError
+
 CACHE_ENV = "CEPD_DEPLOY_CACHE"
+#: Rank allocations ``convert`` offers through the CLI: uniform, or the least onnxruntime latency.
+ALLOCATIONS = ("uniform", "ort-latency")
+
+
+def allocation_kwargs(allocation: str, threads: int = 2) -> dict:
+    """``convert`` keyword arguments for an allocation name: none for "uniform"; for
+    "ort-latency" an :class:`OrtLatency` at ``threads`` threads and ranks in multiples of
+    onnxruntime's channel block."""
+    if allocation == "uniform":
+        return {}
+    if allocation == "ort-latency":
+        from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
+
+        return dict(latency=OrtLatency(threads=threads), rank_multiple=CHANNEL_BLOCK)
+    raise CEPDError(f"unknown allocation {allocation!r}: {' or '.join(ALLOCATIONS)}")
 
 
 def cache_dir() -> Path:
