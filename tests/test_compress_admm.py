@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from compress_helpers import Tiny
 from torch import nn
 
 from cepd_deploy.compress.admm import (
@@ -21,28 +22,6 @@ from cepd_deploy.compress.admm import (
 )
 from cepd_deploy.model.layers import CEPDConv2d
 from cepd_deploy.tt import TTLayout, relative_error, truncate, truncate_batch
-
-
-class Tiny(nn.Module):
-    """Three convs with BN, a strided 1x1-free stem; small enough for quick training."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.conv3 = nn.Conv2d(16, 16, 3, padding=1, bias=True)
-        self.bn3 = nn.BatchNorm2d(16)
-        self.pool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        x = torch.relu(self.bn3(self.conv3(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
 
 SHAPE = (1, 3, 16, 16)
 

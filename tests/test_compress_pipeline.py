@@ -7,30 +7,16 @@ import json
 
 import pytest
 import torch
-from torch import nn
+from compress_helpers import Tiny
 
 from cepd_deploy.compress.pipeline import CompressConfig, compress, side_paths
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.model.layers import CEPDConv2d
 
 
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.conv3 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(16)
-        self.pool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        x = torch.relu(self.bn3(self.conv3(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+def tiny() -> Tiny:
+    """The pipeline tests' network: a strided stem, no bias on the last conv."""
+    return Tiny(stem_stride=2, last_bias=False)
 
 
 def _cfg(tmp_path, name="m.pt", **kw) -> CompressConfig:
@@ -42,7 +28,7 @@ def _cfg(tmp_path, name="m.pt", **kw) -> CompressConfig:
 
 
 def _run(cfg, **kw):
-    return compress(cfg, model_fn=Tiny, progress=False, **kw)
+    return compress(cfg, model_fn=tiny, progress=False, **kw)
 
 
 def _state(path) -> dict:
@@ -76,7 +62,7 @@ def test_run_writes_model_log_plot_and_figures(reference):
     # the saved file is a CEPD model whose convs 2 and 3 are CEPD layers (the first stays dense)
     from cepd_deploy.model.format import load
 
-    model = load(cfg.output, template=Tiny())
+    model = load(cfg.output, template=tiny())
     assert [n for n, m in model.named_modules() if isinstance(m, CEPDConv2d)] == ["conv2", "conv3"]
 
 
@@ -140,7 +126,7 @@ def test_weights_must_be_dense(tmp_path):
     from cepd_deploy import convert, save
 
     torch.manual_seed(0)
-    save(convert(Tiny(), params_remaining=0.5, sparsity=0.75, input_shape=(1, 3, 32, 32)), tmp_path / "c.pt",
+    save(convert(tiny(), params_remaining=0.5, sparsity=0.75, input_shape=(1, 3, 32, 32)), tmp_path / "c.pt",
          input_shape=(3, 32, 32))  # fmt: skip
     with pytest.raises(CEPDError, match="dense model file"):
         _run(_cfg(tmp_path, weights=str(tmp_path / "c.pt")))

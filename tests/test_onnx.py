@@ -83,7 +83,7 @@ def test_portable_graph_structure(resnet20):
     assert "BatchNormalization" not in ops and "Identity" not in ops and "ScatterElements" not in ops
     merged = merge_pointwise(plan)
     scatters = [n for n in merged.nodes if n.op is Op.SCATTER_ADD]
-    forms = [f.form for f in scatter_forms(merged.nodes).values()]
+    forms = [f.form for f in scatter_forms(merged).values()]
     assert len(forms) == len(scatters) == sum(i.kind == "cepd" and i.kappa > 0 for i in plan.layers.values())
     assert ops.count("Concat") == forms.count("fold") > 0
     assert ops.count("ScatterND") == forms.count("nd")

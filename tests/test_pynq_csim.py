@@ -43,7 +43,7 @@ pytestmark = [
 @pytest.fixture(scope="module", autouse=True)
 def engine_cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setenv("CEPD_CACHE_DIR", str(tmp_path_factory.mktemp("cepd-cache")))
+    mp.setenv("CEPD_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cepd-cache")))
     yield
     mp.undo()
 

@@ -9,9 +9,9 @@ With a ``latency`` model (e.g. :class:`cepd_deploy.targets.onnx.latency.OrtLaten
 single-layer latencies) the same FLOPs/params target is met with the per-layer choices (dense
 or candidate ranks) that minimise the summed latency instead, with the total cost between
 ``WINDOW`` under the target and the target: a knapsack solved by dynamic programming on a
-cost grid. Which layers are
-compressed, and how hard, then follows what actually costs time on the target; accuracy is
-not modelled, so the fine-tuning step matters as it does for any allocation.
+cost grid. Which layers are compressed, and how hard, then follows what actually costs time on
+the target; accuracy is not modelled, so the fine-tuning step matters as it does for any
+allocation.
 """
 
 from __future__ import annotations
@@ -52,11 +52,6 @@ class LayerProbe:
     act: str | None
     kappa: int
     layout: str
-
-    def key(self) -> list:
-        return [self.in_channels, self.out_channels, list(self.kernel), list(self.stride),
-                list(self.padding), list(self.dilation), list(self.in_shape), self.act, self.kappa,
-                self.layout]  # fmt: skip
 
 
 #: ``(probe, ranks or None for dense) -> latency`` (any unit, summed over layers).
@@ -291,8 +286,6 @@ def allocate(
             act = dense.layer_nodes(name)[-1].epilogue.act
             probes.append(_probe(conv, info.in_shape, act, kappa, layout))
     fixed = total_dense - sum(r[1] for r in rows)
-    if latency is not None:
-        lats = _latencies(rows, probes, latency)
 
     def pick(rho: float) -> list[int]:
         out = []
@@ -313,6 +306,7 @@ def allocate(
         )
     goal = target * total_dense
     if latency is not None:  # least latency with the total within WINDOW under the goal
+        lats = _latencies(rows, probes, latency)  # measured only once the target is known reachable
         sel = _least_latency(rows, lats, goal - fixed, goal - fixed - WINDOW * total_dense)
     else:
         sel = _uniform(rows, pick, total, goal)
@@ -374,8 +368,8 @@ def _least_latency(rows, lats: list[list[float]], budget: float, floor: float,
 
     A knapsack solved by dynamic programming over a grid of ``bins`` cost steps (costs rounded
     down, so the floor holds to within a step per layer; the grid budget shrinks by any
-    overshoot until the exact cost fits). When no choice
-    lands in the window, the cheapest options are returned (the caller reports the miss).
+    overshoot until the exact cost fits). When no choice lands in the window, the cheapest
+    options are returned (the caller reports the miss).
     """
     costs = [[c for c, _ in row[2]] for row in rows]
     limit = budget

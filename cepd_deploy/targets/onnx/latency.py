@@ -18,6 +18,7 @@ between layers (a layer's input arriving in onnxruntime's blocked layout or not)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cepd_deploy.cache import cache_root
 from cepd_deploy.errors import CEPDError
 
-CACHE_ENV = "CEPD_DEPLOY_CACHE"
 #: Rank allocations ``convert`` offers through the CLI: uniform, or the least onnxruntime latency.
 ALLOCATIONS = ("uniform", "ort-latency")
 
@@ -49,11 +50,6 @@ def allocation_kwargs(allocation: str, threads: int = 2) -> dict:
 
         return dict(latency=OrtLatency(threads=threads), rank_multiple=CHANNEL_BLOCK)
     raise CEPDError(f"unknown allocation {allocation!r}: {' or '.join(ALLOCATIONS)}")
-
-
-def cache_dir() -> Path:
-    """$CEPD_DEPLOY_CACHE, else ~/.cache/cepd-deploy."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cepd-deploy")
 
 
 class _Probe(nn.Module):
@@ -100,7 +96,7 @@ class OrtLatency:
         self.threads, self.repeats = int(threads), int(repeats)
         key = json.dumps([_cpu_name(), ort.__version__, self.threads, os.cpu_count(), _exporter_digest()])
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        self.path = cache or cache_dir() / f"onnx-latency-{digest}.json"
+        self.path = cache or cache_root() / f"onnx-latency-{digest}.json"
         self.table: dict[str, float] = {}
         if self.path.is_file():
             try:
@@ -110,7 +106,7 @@ class OrtLatency:
         self.measured = 0
 
     def __call__(self, probe, ranks: tuple[int, ...] | None) -> float:
-        key = json.dumps([probe.key(), list(ranks) if ranks is not None else None])
+        key = json.dumps([dataclasses.astuple(probe), ranks])
         if key not in self.table:
             self.table[key] = self._measure(probe, ranks)
             self.measured += 1

@@ -41,9 +41,9 @@ import numpy as np
 import onnx
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.cost import node_macs
+from cepd_deploy.plan.cost import nodes_macs
 from cepd_deploy.plan.ir import Epilogue, Node, Op, Plan
-from cepd_deploy.plan.rewrite import is_pointwise
+from cepd_deploy.plan.rewrite import is_pointwise, readers
 from cepd_deploy.targets.onnx.graph import GraphBuilder, make_model, value_info
 
 Handler = Callable[["Emitter", Node], tuple[str, Epilogue]]
@@ -127,7 +127,7 @@ class Emitter:
         self.b = builder or GraphBuilder()
         self.b._taken.add(plan.input)
         self.src = source or WeightSource(plan, self.b)
-        self.scatters = scatter_forms(plan.nodes)  # scatter name -> ScatterForm
+        self.scatters = scatter_forms(plan)  # scatter name -> ScatterForm
         self.deferred = {n.name for f in self.scatters.values() for n in (f.step, f.first) if n}
         self.deferred |= {f.s_node.name for f in self.scatters.values() if f.form == "joint"}
         self.padded = {f.s_node.name: f.channels for f in self.scatters.values()
@@ -270,28 +270,22 @@ class ScatterForm:
     channels: int
 
 
-def scatter_forms(nodes: Sequence[Node]) -> dict[str, ScatterForm]:
+def scatter_forms(plan: Plan) -> dict[str, ScatterForm]:
     """The emission form of every scatter-add of a Plan."""
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for x in n.inputs:
-            readers[x] = readers.get(x, 0) + 1
-    by_output = {n.output: n for n in nodes}
-    layer_macs: dict[str, int] = {}
-    for n in nodes:
-        layer_macs[n.layer] = layer_macs.get(n.layer, 0) + node_macs(n)
+    uses, by_output = readers(plan), {n.output: n for n in plan.nodes}
 
     def single(value: str, layer: str) -> Node | None:
         n = by_output.get(value)
-        ok = n is not None and readers[value] == 1 and n.epilogue.empty and n.layer == layer
+        ok = n is not None and uses[value] == 1 and n.epilogue.empty and n.layer == layer
         return n if ok else None
 
     out = {}
-    for n in nodes:
+    for n in plan.nodes:
         if n.op is not Op.SCATTER_ADD:
             continue
         kappa, cout = n.in_shapes[1][1], n.out_shape[1]
         pixels = math.prod(n.out_shape) // cout
+        layer_macs = nodes_macs(plan.layer_nodes(n.layer))
         step = single(n.inputs[0], n.layer)
         step = step if step is not None and is_pointwise(step) else None
         s = single(n.inputs[1], n.layer)
@@ -301,11 +295,11 @@ def scatter_forms(nodes: Sequence[Node]) -> dict[str, ScatterForm]:
                 and s.inputs[0] == first.inputs[0]:  # fmt: skip
             r = first.out_shape[1]
             k = padded(r + kappa) - r
-            if placement_pays(k, cout, pixels, layer_macs[n.layer]):
+            if placement_pays(k, cout, pixels, layer_macs):
                 out[n.name] = ScatterForm("joint", step, first, s, k)
                 continue
         k = padded(kappa) if paddable else kappa
-        if not placement_pays(k, cout, pixels, layer_macs[n.layer]):
+        if not placement_pays(k, cout, pixels, layer_macs):
             out[n.name] = ScatterForm("nd", step, None, None, kappa)
             continue
         form = "fold" if step is not None else "place"

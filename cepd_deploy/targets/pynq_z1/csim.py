@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cepd_deploy.cache import cache_root
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.targets.pynq_z1.config import EngineConfig
 from cepd_deploy.targets.pynq_z1.render import render_engine
@@ -80,11 +81,6 @@ class SimBuild:
         return self.root / "src"
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("CEPD_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "cepd-deploy"
-
-
 def build_sim(cfg: EngineConfig, cache: Path | None = None) -> SimBuild:
     """Compile (or reuse) the engine for ``cfg``: object file + simulation shared library."""
     ap = ap_types_dir()
@@ -96,7 +92,7 @@ def build_sim(cfg: EngineConfig, cache: Path | None = None) -> SimBuild:
             if f.is_file() and f.name != "model_info.h":
                 digest.update(f.name.encode() + f.read_bytes())
         digest.update(" ".join([cxx, *CXXFLAGS, str(ap)]).encode())
-        root = (cache or _cache_root()) / "pynq_z1" / digest.hexdigest()[:16]
+        root = (cache or cache_root()) / "pynq_z1" / digest.hexdigest()[:16]
         lib = root / "libcepd_sim.so"
         if lib.is_file():
             return SimBuild(root, root / "engine.o", lib)

@@ -179,7 +179,7 @@ def _flat(s: ConvShape, t: ConvTiling, w: np.ndarray, epi: Epi):
         sch.transform_layout(sch.get_sblock("xp"), ("write", 0), lambda b, ci, i, j: (b, ci, i * pitch + j))
 
     def schedule(sch: Schedule) -> None:
-        _schedule_pad(sch)
+        schedule_pad(sch)
         blk = sch.get_sblock("acc")
         b, o, qq, *red = sch.get_loops(blk)
         obl, oi = sch.split(o, [None, t.rows])
@@ -227,7 +227,7 @@ def _direct(s: ConvShape, t: ConvTiling, w: np.ndarray, epi: Epi):
 
     def schedule(sch: Schedule) -> None:
         if xp is not None:
-            _schedule_pad(sch)
+            schedule_pad(sch)
         blk = sch.get_sblock("acc")
         b, i, j, o, *red = sch.get_loops(blk)
         obl, oi = sch.split(o, [None, t.lanes])
@@ -272,7 +272,7 @@ def _plain(s: ConvShape, t: ConvTiling, w: np.ndarray, epi: Epi):
 
     def schedule(sch: Schedule) -> None:
         if xp is not None:
-            _schedule_pad(sch)
+            schedule_pad(sch)
         yb = sch.get_sblock("y")
         b, o, i, j = sch.get_loops(yb)
         outer = sch.fuse(b, o, i)
@@ -291,6 +291,3 @@ def _plain(s: ConvShape, t: ConvTiling, w: np.ndarray, epi: Epi):
     kern = Kernel("", [x, *ep.runtime], [wt, *ep.consts], y, schedule)
     return kern, np.ascontiguousarray(w, np.float32)
 
-
-def _schedule_pad(sch: Schedule) -> None:
-    schedule_pad(sch, "xp")

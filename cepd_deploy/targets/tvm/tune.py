@@ -33,20 +33,17 @@ from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
 from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
 
+from cepd_deploy.cache import (
+    CACHE_ENV,  # noqa: F401 (re-exported for callers and tests)
+    cache_root,
+)
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.targets.tvm.kernel import Kernel
 
-CACHE_ENV = "CEPD_DEPLOY_CACHE"
 RESULT = "result.json"
 _BUILT: dict[str, tvm.runtime.Module] = {}  # artifact key -> module built in this process
 _EVAL = EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20)
 MARGIN = 0.95  # a tuned schedule replaces ours only when at least 5% faster
-
-
-def cache_root() -> Path:
-    """$CEPD_DEPLOY_CACHE, else ~/.cache/cepd-deploy/tvm."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cepd-deploy" / "tvm"
 
 
 @derived_object
@@ -126,7 +123,7 @@ class Tuner:
 
     def __init__(self, target, *, root: Path | None = None, log: Callable[[str], None] | None = None) -> None:
         self.target = target
-        self.root = root or cache_root()
+        self.root = root or cache_root("tvm")
         self.log = log or (lambda msg: None)
         self.used = 0  # kernels built with a tuned schedule
 
