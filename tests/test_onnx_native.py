@@ -76,6 +76,23 @@ def test_native_layer_matches_reference(case):
     assert np.abs(one - ref[:1]).max() <= 1e-4 * np.abs(ref).max() + 1e-6
 
 
+def test_pool_workers_joining_late_change_nothing():
+    # pauses of several lengths let the pool's workers spin, fall asleep or wake mid-job; the
+    # caller runs what they have not claimed, so every run gives the same bits
+    import time
+
+    case = dict(cin=16, cout=32, kernel=(3, 3), stride=1, padding=(1, 1), kappa=5, ranks=[0.5], bn=True,
+                residual=False, act="relu", seed=3)  # fmt: skip
+    shape = (1, 16, 14, 14)
+    _, _, x_name, _, layer = _plan_layer(case, shape)
+    native.set_threads(2)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    first = layer(x)
+    for pause in [0, 2e-5, 1e-4, 1e-3] * 25:
+        time.sleep(pause)
+        assert np.array_equal(layer(x), first)
+
+
 def test_unsupported_structures_are_reported():
     layer = random_layer(8, 12, (3, 3), kappa=2, layout="oo-k-ii", padding=1)
     plan = cd.lower(OneLayer(layer, False, False, None), (1, 8, 6, 6))

@@ -349,14 +349,12 @@ def _probe(conv: nn.Conv2d, in_shape, act: str | None, kappa: int, layout: str) 
 
 
 def _latencies(rows, probes: list[LayerProbe], latency: LatencyFn) -> list[list[float]]:
-    """Every option's latency, with a progress bar (measuring may take minutes the first time)."""
-    from tqdm import tqdm
-
-    todo = [(i, r) for i, row in enumerate(rows) for _, r in row[2]]
-    out: list[list[float]] = [[] for _ in rows]
-    for i, ranks in tqdm(todo, desc="layer latencies", unit="option", leave=False, mininterval=1.0,
-                         disable=None):  # no bar when stderr is not a terminal
-        out[i].append(float(latency(probes[i], ranks)))
+    """Every option's latency (through ``latency.many([(probe, ranks), ...])`` where the model
+    measures many options together, e.g. :class:`~cepd_deploy.targets.onnx.latency.OrtLatency`)."""
+    pairs = [(probe, r) for row, probe in zip(rows, probes) for _, r in row[2]]
+    many = getattr(latency, "many", None)
+    flat = iter(many(pairs) if many else [latency(p, r) for p, r in pairs])
+    out = [[float(next(flat)) for _ in row[2]] for row in rows]
     if hasattr(latency, "save"):
         latency.save()
     return out

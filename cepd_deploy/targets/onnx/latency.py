@@ -4,10 +4,10 @@
 ranks (or dense), how long that layer alone takes on this machine: a one-layer model (the conv
 and its activation, random weights) exported exactly as the whole model will be (same rewrites,
 same scatter forms) and timed in onnxruntime with the benchmark's settings (intra-op threads,
-no spinning), median of ``repeats`` runs. Results are cached per machine, onnxruntime version,
-thread count and exporter source (a change to how layers are emitted measures again) in
-``$CEPD_DEPLOY_CACHE/onnx-latency-<key>.json``, so a second conversion of
-the same architecture measures nothing.
+no spinning): all options in interleaved passes, the least pass median kept.
+Results are cached per machine, onnxruntime version, thread count and exporter source (a change
+to how layers are emitted or measured measures again) in ``$CEPD_DEPLOY_CACHE/onnx-latency-<key>.json``,
+so a second conversion of the same architecture measures nothing.
 
 Not modelled: the residual add of a layer (it adds the same work to every option) and effects
 between layers (a layer's input arriving in onnxruntime's blocked layout or not).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -37,6 +38,7 @@ from cepd_deploy.errors import CEPDError
 
 #: Rank allocations ``convert`` offers through the CLI: uniform, or the least onnxruntime latency.
 ALLOCATIONS = ("uniform", "ort-latency")
+ROUNDS = 5  # measuring passes over all options (see OrtLatency._measure)
 
 
 def allocation_kwargs(allocation: str, threads: int = 2) -> dict:
@@ -80,8 +82,9 @@ def _exporter_digest() -> str:
     from cepd_deploy.plan import rewrite as plan_rewrite
     from cepd_deploy.targets.onnx import fused, portable
 
-    text = "".join(Path(m.__file__).read_text() for m in (portable, fused, plan_rewrite))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    files = [Path(m.__file__) for m in (portable, fused, plan_rewrite)] + [Path(__file__)]
+    sources = "".join(f.read_text() for f in files)
+    return hashlib.sha256(sources.encode()).hexdigest()[:16]
 
 
 class OrtLatency:
@@ -106,11 +109,18 @@ class OrtLatency:
         self.measured = 0
 
     def __call__(self, probe, ranks: tuple[int, ...] | None) -> float:
-        key = json.dumps([dataclasses.astuple(probe), ranks])
-        if key not in self.table:
-            self.table[key] = self._measure(probe, ranks)
-            self.measured += 1
-        return self.table[key]
+        return self.many([(probe, ranks)])[0]
+
+    def many(self, options: list[tuple]) -> list[float]:
+        """Latencies of ``(probe, ranks)`` pairs; the ones not in the cache are measured together
+        (see :meth:`_measure`), with a progress bar."""
+        keys = [json.dumps([dataclasses.astuple(p), r]) for p, r in options]
+        todo = dict(zip(keys, options))
+        todo = {k: v for k, v in todo.items() if k not in self.table}
+        if todo:
+            self.table.update(zip(todo, self._measure(list(todo.values()))))
+            self.measured += len(todo)
+        return [self.table[k] for k in keys]
 
     def save(self) -> None:
         """Write the cache (atomically)."""
@@ -119,34 +129,53 @@ class OrtLatency:
         tmp.write_text(json.dumps(self.table, indent=0, sort_keys=True))
         os.replace(tmp, self.path)
 
-    def _measure(self, probe, ranks: tuple[int, ...] | None) -> float:
-        from cepd_deploy.model.layers import CEPDConv2d
+    def _measure(self, options: list[tuple]) -> list[float]:
+        """Median ms per option: every option gets a session first, then ``ROUNDS`` passes over
+        all of them, ``repeats / ROUNDS`` runs each per pass; the least pass median is kept. Load
+        from elsewhere on the machine comes and goes over seconds: a pass that it slowed is
+        dropped, and it cannot favour one option over another."""
+        from tqdm import tqdm
+
         from cepd_deploy.plan.lower import lower
         from cepd_deploy.targets.onnx import build_session, to_model
 
-        gen = torch.Generator().manual_seed(0)
-        if ranks is None:
-            conv = nn.Conv2d(probe.in_channels, probe.out_channels, probe.kernel, probe.stride,
-                             probe.padding, probe.dilation, bias=True)  # fmt: skip
-        else:
-            conv = CEPDConv2d(probe.in_channels, probe.out_channels, probe.kernel, ranks=ranks,
-                              kappa=probe.kappa, layout=probe.layout, stride=probe.stride,
-                              padding=probe.padding, dilation=probe.dilation)  # fmt: skip
-            if probe.kappa:  # kept filters spread over the channels, as a trained S has them
-                perm = torch.randperm(probe.out_channels, generator=gen)[: probe.kappa]
-                conv.s_index.copy_(perm.sort().values)
-        with torch.no_grad():
-            for p in conv.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        shape = (1, *probe.in_shape[1:])
-        plan = lower(_Probe(conv, probe.act).eval(), shape)
-        sess = build_session(to_model(plan), self.threads)
-        x = {plan.input: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        for _ in range(3):
-            sess.run(None, x)
-        times = []
-        for _ in range(self.repeats):
-            t = time.perf_counter()
-            sess.run(None, x)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e3
+        runs = []
+        for probe, ranks in tqdm(options, desc="latency probes", unit="option", leave=False, mininterval=1.0,
+                                 disable=None):  # fmt: skip
+            shape = (1, *probe.in_shape[1:])
+            plan = lower(_Probe(_probe_conv(probe, ranks), probe.act).eval(), shape)
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            runs.append((build_session(to_model(plan), self.threads), {plan.input: x}))
+        per_pass = max(1, self.repeats // ROUNDS)
+        best = [math.inf] * len(runs)
+        for _ in tqdm(range(ROUNDS), desc="latency passes", leave=False, disable=None):
+            for i, (sess, feed) in enumerate(runs):
+                sess.run(None, feed)  # warm this option's buffers after the others ran
+                times = []
+                for _ in range(per_pass):
+                    t = time.perf_counter()
+                    sess.run(None, feed)
+                    times.append(time.perf_counter() - t)
+                best[i] = min(best[i], statistics.median(times) * 1e3)
+        return best
+
+
+def _probe_conv(probe, ranks: tuple[int, ...] | None) -> nn.Module:
+    """The probe's conv (dense when ``ranks`` is None) with random weights, S spread out."""
+    from cepd_deploy.model.layers import CEPDConv2d
+
+    gen = torch.Generator().manual_seed(0)
+    if ranks is None:
+        conv = nn.Conv2d(probe.in_channels, probe.out_channels, probe.kernel, probe.stride,
+                         probe.padding, probe.dilation, bias=True)  # fmt: skip
+    else:
+        conv = CEPDConv2d(probe.in_channels, probe.out_channels, probe.kernel, ranks=ranks,
+                          kappa=probe.kappa, layout=probe.layout, stride=probe.stride,
+                          padding=probe.padding, dilation=probe.dilation)  # fmt: skip
+        if probe.kappa:  # kept filters spread over the channels, as a trained S has them
+            perm = torch.randperm(probe.out_channels, generator=gen)[: probe.kappa]
+            conv.s_index.copy_(perm.sort().values)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return conv
