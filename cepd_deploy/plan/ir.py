@@ -20,6 +20,15 @@ from enum import Enum
 import numpy as np
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (which gets it)."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
 class Op(str, Enum):
     # contractions with a weight: where the MACs are
     CONV = "conv"  # 2-D conv on an (N*outer, cin, H, W) view; groups, stride, padding, dilation

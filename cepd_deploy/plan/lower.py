@@ -20,7 +20,7 @@ from torch import nn
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.model.layers import CEPDConv2d
 from cepd_deploy.plan.cost import nodes_macs
-from cepd_deploy.plan.ir import EPILOGUE_OPS, Epilogue, LayerInfo, Node, Op, Plan
+from cepd_deploy.plan.ir import EPILOGUE_OPS, Epilogue, LayerInfo, Node, Op, Plan, unique_name
 from cepd_deploy.plan.ttconv import CostFn, can_fold_scale, choose_path, lower_ttconv, ttconv_weights
 from cepd_deploy.plan.verify import verify
 
@@ -165,11 +165,7 @@ class _Lowering:
         return None
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
     # -- dispatch -------------------------------------------------------------------------
     def lower_node(self, n: fx.Node) -> None:

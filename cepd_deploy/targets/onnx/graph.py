@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cepd_deploy.plan.ir import unique_name
+
 #: The standard-op opset every exported model imports (the fused domain adds its own).
 OPSET = 18
 #: IR version: 10 lets model-local functions carry overloads (one body per layer structure).
@@ -29,11 +31,7 @@ class GraphBuilder:
         self.scope = ""  # prefix of node names (the Plan node being emitted), for profiles
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._taken:
-            name, k = f"{base}_{k}", k + 1
-        self._taken.add(name)
-        return name
+        return unique_name(base, self._taken)
 
     def const(self, name: str, value: np.ndarray) -> str:
         """A float32 (or int64) initializer; a name already used gets a suffix."""

@@ -78,7 +78,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _exporter_digest() -> str:
+def _source_digest() -> str:
     from cepd_deploy.plan import rewrite as plan_rewrite
     from cepd_deploy.targets.onnx import fused, portable
 
@@ -97,7 +97,7 @@ class OrtLatency:
         import onnxruntime as ort
 
         self.threads, self.repeats = int(threads), int(repeats)
-        key = json.dumps([_cpu_name(), ort.__version__, self.threads, os.cpu_count(), _exporter_digest()])
+        key = json.dumps([_cpu_name(), ort.__version__, self.threads, os.cpu_count(), _source_digest()])
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         self.path = cache or cache_root() / f"onnx-latency-{digest}.json"
         self.table: dict[str, float] = {}
@@ -115,8 +115,7 @@ class OrtLatency:
         """Latencies of ``(probe, ranks)`` pairs; the ones not in the cache are measured together
         (see :meth:`_measure`), with a progress bar."""
         keys = [json.dumps([dataclasses.astuple(p), r]) for p, r in options]
-        todo = dict(zip(keys, options))
-        todo = {k: v for k, v in todo.items() if k not in self.table}
+        todo = {k: v for k, v in zip(keys, options) if k not in self.table}
         if todo:
             self.table.update(zip(todo, self._measure(list(todo.values()))))
             self.measured += len(todo)
