@@ -12,12 +12,12 @@ from torch import nn
 
 from cepd_deploy import build_model, convert, lower
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.model.layers import CEPDConv2d
+from cepd_deploy.model.layers import CEPDConv2d, run_nodes
 from cepd_deploy.plan import reference
 from cepd_deploy.plan.contraction import DENSE, enumerate_paths
 from cepd_deploy.plan.cost import dense_macs, node_macs, nodes_macs, totals
 from cepd_deploy.plan.ir import Op
-from cepd_deploy.plan.ttconv import TTConvSpec, choose_path, lower_ttconv
+from cepd_deploy.plan.ttconv import TTConvSpec, choose_path, lower_ttconv, ttconv_weights
 from cepd_deploy.plan.verify import verify
 from cepd_deploy.tt import TTLayout
 from tests.conftest import randomize_bn
@@ -100,6 +100,27 @@ def test_contraction_search_is_exhaustive_and_never_worse_than_dense(spec_args):
     # every order of the cores that touches the state is enumerated
     assert len(enumerate_paths(lay)) >= 1
     assert len(enumerate_paths(lay)) <= len(list(itertools.permutations(range(lay.num_cores))))
+
+
+@pytest.mark.parametrize(
+    "layout, o, i, ranks",
+    [("eq9", 12, 1, (1, 1)), ("eq9", 12, 2, (2, 2)), ("oo-k-ii", 24, 18, (4, 6, 6, 3)),
+     ("o-k-i", 24, 16, (8, 8))],
+)  # fmt: skip
+def test_every_contraction_path_computes_the_layer(layout, o, i, ranks, rel_err):
+    # unequal O factors (12 = 4 x 3) make a wrong final permute visible
+    torch.manual_seed(0)
+    conv = nn.Conv2d(i, o, 3, padding=1, bias=False)
+    layer = CEPDConv2d.from_conv(conv, ranks=ranks, kappa=2, layout=layout)
+    index = layer.s_index.tolist()
+    x = torch.randn(2, i, 9, 7)
+    weights = lambda p: ttconv_weights(layer.spec, "l", p, layer.cores, layer.s_weight, layer.s_index)
+    with torch.no_grad():
+        ref = layer.dense_forward(x)
+        for path in enumerate_paths(layer.spec.layout):
+            nodes = lower_ttconv(layer.spec, "l", "x", tuple(x.shape), path, index=index)
+            out = run_nodes(nodes, {"x": x}, weights(path))["l.out"]
+            assert rel_err(out, ref) < 1e-5, path.describe(layer.spec.layout)
 
 
 def test_a_target_cost_function_changes_the_choice():

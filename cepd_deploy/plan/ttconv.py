@@ -111,8 +111,8 @@ def lower_ttconv(
                           layer=name))  # fmt: skip
         cur, cur_shape = out, shape
     if path.final_perm is not None:
-        cur = _permute(nodes, f"{name}.pf", cur, cur_shape, path.final_before, path.final_perm,
-                       sizes, name)  # fmt: skip
+        target = tuple(path.final_before[src] for src in path.final_perm)
+        cur = _permute(nodes, f"{name}.pf", cur, cur_shape, target, path.final_perm, sizes, name)
     if spec.kappa > 0:
         idx = tuple(int(i) for i in (range(spec.kappa) if index is None else index))
         s_attrs = dict(conv_attrs, stride=stride, outer=1, cin=lay.in_channels, cout=spec.kappa)
@@ -139,6 +139,7 @@ def _conv_hw(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
 
 
 def _permute(nodes, nm, cur, cur_shape, labels_after, perm, sizes, layer) -> str:
+    """Append a PERMUTE that reorders the channel axes to ``labels_after`` (axis d <- ``perm[d]``)."""
     before = [None] * len(perm)
     for dst, src in enumerate(perm):
         before[src] = labels_after[dst]
