@@ -26,6 +26,14 @@ def get_library_path() -> str:
     return path()
 
 
+def export_onnx(model, path, *, input_shape, fused: bool = False):
+    """Lower ``model`` for ``input_shape`` and write it as ONNX (portable, or ``fused`` with one
+    ``ai.cepd::TTSparseConv`` node per CEPD conv). See :func:`cepd_deploy.targets.onnx.export_onnx`."""
+    from cepd_deploy.targets.onnx import export_onnx as export
+
+    return export(model, path, input_shape=input_shape, fused=fused)
+
+
 __all__ = [
     "CEPDConv2d",
     "CEPDError",
@@ -34,6 +42,7 @@ __all__ = [
     "__version__",
     "build_model",
     "convert",
+    "export_onnx",
     "get_library_path",
     "load",
     "lower",

@@ -115,7 +115,7 @@ def test_export_writes_atomically_and_runs(tmp_path, resnet20):
 def test_export_onnx_dense_model_and_batch(tmp_path):
     torch.manual_seed(0)
     dense = cd.build_model("resnet20").eval()
-    out = export_onnx(dense, tmp_path / "d.onnx", input_shape=(2, 3, 32, 32))
+    out = cd.export_onnx(dense, tmp_path / "d.onnx", input_shape=(2, 3, 32, 32))  # the top-level API
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
     y = run_session(build_session(out), x)
     ref = dense(torch.from_numpy(x)).detach().numpy()
