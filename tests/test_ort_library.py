@@ -105,6 +105,42 @@ def test_native_model_keeps_supported_models():
     assert ol.native_model(fused) is fused
 
 
+class _AfterNative(torch.nn.Module):
+    """A native CEPD layer, then dense convs: a 1x1 with BN, the block's residual and ReLU; a
+    strided 1x1 with ReLU; a 3x3 (which stays on onnxruntime)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = random_layer(8, 16, (3, 3), kappa=2, padding=1)
+        self.b, self.bn = nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.c, self.d = nn.Conv2d(8, 12, 1, stride=2), nn.Conv2d(12, 12, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.b(self.a(x))) + x)
+        return self.d(torch.relu(self.c(y)))
+
+
+def test_dense_1x1_convs_after_native_layers_move_to_the_library():
+    model = randomise_bn(_AfterNative(), seed=2)
+    fused = to_model(cd.lower(model, (2, 8, 9, 9)), fused=True)
+    rewritten = ol.native_model(fused)
+    natives = [n for n in rewritten.graph.node if ol.is_native(n)]
+    assert len(natives) == 3  # a, b (+ Add + Relu), c (+ Relu)
+    assert [n.op_type for n in rewritten.graph.node if n.domain == ""] == ["Conv"]  # d stays
+    residual = [next(a.i for a in n.attribute if a.name == "residual") for n in natives[1:]]
+    assert residual == [1, 0]  # b carries the block's residual, c does not
+    assert ol.native_model(fused, dense=False) is fused
+    sess = build_session(fused, 2, native=True)
+    assert len(sess.cepd_native_layers) == 3
+    x = np.random.default_rng(0).standard_normal((2, 8, 9, 9)).astype(np.float32)
+    before = ol.runs()
+    y = run_session(sess, x)
+    assert ol.runs() - before == 3
+    with torch.no_grad():
+        assert _close(y, model(torch.from_numpy(x)).numpy())
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
                     reason="onnxruntime-extensions is not installed")  # fmt: skip
 def test_extensions_path_still_selectable(resnet20):
