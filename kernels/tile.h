@@ -27,4 +27,10 @@ using TileFn = void (*)(const float* ap, const float* base, const int64_t* roff,
 using FinishFn = void (*)(const float* acc, int rows, int row0, int j0, int len, const cepd::Epilogue* e,
                           const float* spanel, const float* res, float* y, size_t out_hw, size_t dst);
 
+// tile() then finish() of the whole tile (columns [0, NR), one contiguous run at ``dst``), with
+// the epilogue applied to the accumulators in registers: no round trip through memory.
+using TileFinishFn = void (*)(const float* ap, const float* base, const int64_t* roff, int k, int rows, int row0,
+                              const cepd::Epilogue* e, const float* spanel, const float* res, float* y,
+                              size_t out_hw, size_t dst);
+
 }  // namespace cepd

@@ -40,6 +40,8 @@
   void tile(const float*, const float*, const int64_t*, int, int, float*, int);           \
   void finish(const float*, int, int, int, int, const cepd::Epilogue*, const float*, const float*, float*, \
               size_t, size_t);                                                                 \
+  void tile_finish(const float*, const float*, const int64_t*, int, int, int, const cepd::Epilogue*,     \
+                   const float*, const float*, float*, size_t, size_t);                           \
   }
 CEPD_DECLARE_ISA(cepd_tile_avx512)
 CEPD_DECLARE_ISA(cepd_tile_avx2)
@@ -190,15 +192,19 @@ int detect_isa() {  // 2: AVX-512F, 1: AVX2 + FMA, 0: other
 struct Isa {
   cepd::TileFn tile;
   cepd::FinishFn finish;
+  cepd::TileFinishFn tile_finish;
 };
 
-const Isa isa_fns = [] {
-  switch (detect_isa()) {
-    case 2: return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish};
-    case 1: return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish};
-    default: return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish};
+Isa isa_for(int level) {
+  switch (level) {
+    case 2: return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish, &cepd_tile_avx512::tile_finish};
+    case 1: return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish};
+    default: return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish, &cepd_tile_generic::tile_finish};
   }
-}();
+}
+
+int isa_level = detect_isa();
+Isa isa_fns = isa_for(isa_level);  // cepd_tts_use_isa may lower it (tests: every build checked)
 
 // ---- geometry --------------------------------------------------------------------------
 struct ConvGeom {
@@ -365,8 +371,15 @@ void step_to_sink(const Packed& w, Src src, size_t n0, int cols, const Sink& k, 
       j += len;
     }
   }
+  // one run over the whole panel (pointwise layers): the epilogue from the registers
+  const bool direct = !chunked && !k.planes && nruns == 1 && run_j[0] == 0 && run_len[0] == NR;
   for (int b = b0; b < b1; ++b) {
     const int m0 = b * MR, rows = std::min(MR, w.M - m0);
+    if (direct) {
+      isa_fns.tile_finish(w.block(b), src.first, src.second, w.K, rows, m0, k.e, k.spanel, k.res, k.y, k.out_hw,
+                          run_dst[0]);
+      continue;
+    }
     if (!chunked) isa_fns.tile(w.block(b), src.first, src.second, w.K, rows, acc, 0);
     const float* v = chunked ? whole + size_t(m0) * NR : acc;
     if (k.planes) {
@@ -643,7 +656,15 @@ CEPD_API void cepd_tts_set_threads(int n) { pool().resize(n); }
 
 CEPD_API int cepd_tts_threads() { return pool().size(); }
 
-CEPD_API int cepd_tts_isa() { return detect_isa(); }  // the tile in use: 2 AVX-512, 1 AVX2, 0 generic
+CEPD_API int cepd_tts_isa() { return isa_level; }  // the tile in use: 2 AVX-512, 1 AVX2, 0 generic
+
+// Use a lower instruction set's tile (not while layers run); -1 if this CPU lacks ``level``.
+CEPD_API int cepd_tts_use_isa(int level) {
+  if (level < 0 || level > detect_isa()) return -1;
+  isa_level = level;
+  isa_fns = isa_for(level);
+  return 0;
+}
 
 // y (n x O x Ho x Wo) = layer(x (n x I x H x W)) [+ residual (n x O x Ho x Wo)].
 CEPD_API int cepd_tts_run(void* handle, const float* x, const float* residual, float* y, int n) {

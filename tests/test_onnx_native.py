@@ -45,6 +45,34 @@ def test_library_is_built_and_dispatches():
     assert native.isa() in ("avx512f", "avx2", "scalar")
 
 
+def test_every_tile_build_matches_reference():
+    # the tile and fused tile+epilogue of each instruction set this CPU has (pointwise: whole
+    # panels take the fused path; 3x3: the split one), against the Plan's reference
+    kw = dict(kappa=5, ranks=[0.5], bn=True, residual=True, act="relu6", seed=3)
+    cases = [dict(cin=16, cout=16, kernel=(1, 1), stride=1, padding=(0, 0), **kw),
+             dict(cin=16, cout=16, kernel=(3, 3), stride=1, padding=(1, 1), **kw)]  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    best = native.isa()
+    with pytest.raises(cd.CEPDError, match="not available"):
+        native.use_isa("neon")
+    try:
+        for name in native.ISAS[: native.ISAS.index(best) + 1]:
+            native.use_isa(name)
+            assert native.isa() == name
+            for case in cases:
+                plan, nodes, x_name, r_name, layer = _plan_layer(case, x.shape, need=_require)
+                env = run_plan(plan, x, keep=True)
+                ref = env[nodes[-1].output].numpy()
+                y = layer(env[x_name].numpy(), env[r_name].numpy())
+                assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6, (name, case["kernel"])
+    finally:
+        native.use_isa(best)
+
+
+def _require(ok: bool) -> None:
+    assert ok
+
+
 @st.composite
 def cases(draw):
     cin, cout = draw(st.sampled_from([3, 7, 8, 16, 17, 40])), draw(st.sampled_from([5, 8, 13, 32, 48]))

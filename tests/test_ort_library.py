@@ -106,19 +106,22 @@ def test_native_model_keeps_supported_models():
 
 
 class _AfterNative(torch.nn.Module):
-    """A native CEPD layer, then dense convs: a 1x1 with BN, the block's residual and ReLU; a
-    strided 1x1 with ReLU; a 3x3 (which stays on onnxruntime)."""
+    """A native CEPD layer ``a``, then dense convs that read its output: ``b`` (1x1, BN, the
+    block's residual, ReLU), ``c`` (strided 1x1, ReLU); and two that read ``b``'s output and stay
+    on onnxruntime: ``d`` (3x3) and ``e`` (1x1: only convs that read a TTSparseConv node move)."""
 
     def __init__(self) -> None:
         super().__init__()
         nn = torch.nn
         self.a = random_layer(8, 16, (3, 3), kappa=2, padding=1)
         self.b, self.bn = nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)
-        self.c, self.d = nn.Conv2d(8, 12, 1, stride=2), nn.Conv2d(12, 12, 3, padding=1)
+        self.c = nn.Conv2d(16, 12, 1, stride=2)
+        self.d, self.e = nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.Conv2d(8, 12, 1, stride=2)
 
     def forward(self, x):
-        y = torch.relu(self.bn(self.b(self.a(x))) + x)
-        return self.d(torch.relu(self.c(y)))
+        h = self.a(x)
+        y = torch.relu(self.bn(self.b(h)) + x)
+        return self.d(y) + torch.relu(self.c(h)) + self.e(y)
 
 
 def test_dense_1x1_convs_after_native_layers_move_to_the_library():
@@ -127,9 +130,11 @@ def test_dense_1x1_convs_after_native_layers_move_to_the_library():
     rewritten = ol.native_model(fused)
     natives = [n for n in rewritten.graph.node if ol.is_native(n)]
     assert len(natives) == 3  # a, b (+ Add + Relu), c (+ Relu)
-    assert [n.op_type for n in rewritten.graph.node if n.domain == ""] == ["Conv"]  # d stays
-    residual = [next(a.i for a in n.attribute if a.name == "residual") for n in natives[1:]]
-    assert residual == [1, 0]  # b carries the block's residual, c does not
+    convs = [n.input[1] for n in rewritten.graph.node if n.op_type == "Conv" and n.domain == ""]
+    assert sorted(w.split(".")[0] for w in convs) == ["d", "e"]
+    residual = {n.input[1].split(".")[0]: next(a.i for a in n.attribute if a.name == "residual")
+                for n in natives[1:]}  # fmt: skip
+    assert residual == {"b": 1, "c": 0}  # b carries the block's residual, c does not
     assert ol.native_model(fused, dense=False) is fused
     sess = build_session(fused, 2, native=True)
     assert len(sess.cepd_native_layers) == 3

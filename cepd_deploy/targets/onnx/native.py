@@ -69,9 +69,19 @@ def set_threads(n: int) -> None:
     _lib().cepd_tts_set_threads(int(n))
 
 
+ISAS = ("scalar", "avx2", "avx512f")  # the kernel's tile builds, by level
+
+
 def isa() -> str:
-    """The instruction set the kernel dispatches to on this machine."""
-    return {2: "avx512f", 1: "avx2"}.get(_lib().cepd_tts_isa(), "scalar")
+    """The instruction set the kernel dispatches to (the best this CPU has, unless :func:`use_isa`)."""
+    return ISAS[_lib().cepd_tts_isa()]
+
+
+def use_isa(name: str) -> None:
+    """Dispatch to the tile build for ``name`` (one of :data:`ISAS`, at most what this CPU has);
+    for tests and comparisons, not while layers run."""
+    if name not in ISAS or _lib().cepd_tts_use_isa(ISAS.index(name)) != 0:
+        raise CEPDError(f"instruction set {name!r} is not available on this CPU (the kernel has {ISAS})")
 
 
 def supported(st: dict) -> str | None:
