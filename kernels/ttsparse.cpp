@@ -448,9 +448,14 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
     const int nbs = ((k == s0 && s_of && !s_alone) || s_only) ? L.s.blocks() : 0;
     const int units = (s_only ? 0 : w.blocks()) + nbs;
     // many row blocks: tasks = chunks of blocks over all panels (each thread reads its own slice
-    // of the weights once); few: tasks = (panel, block)
-    const bool by_rows = units >= 4 * threads;
-    const int per = by_rows ? (units + 6 * threads - 1) / (6 * threads) : 1;
+    // of the weights once); few: tasks = (panel, block). A deep K read from x in place (a
+    // pointwise layer's first step; x's rows lie far apart): tasks = (panel, 1/threads of the
+    // blocks), so each K chunk of the panel's rows is read into L1 once for many blocks (a
+    // 1024 -> 32 + S 26 step at 14x14: 9-20% faster, a 2048 one at 7x7 18%)
+    const bool deep = L.ci < 0 && k <= s0 && std::max(w.K, nbs ? L.s.K : 0) > KC + KC / 2;
+    const bool by_rows = !deep && units >= 4 * threads;
+    const int per = deep ? (units + threads - 1) / threads
+                         : by_rows ? (units + 6 * threads - 1) / (6 * threads) : 1;
     const int nchunks = (units + per - 1) / per;
     const float* in = L.mid[(k - s0 + 1) & 1].data();
     float* out = L.mid[(k - s0) & 1].data();  // (k < s0: unused)
