@@ -20,6 +20,13 @@ from enum import Enum
 import numpy as np
 
 
+def conv_out_hw(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """Output height and width of a (dilated, strided, zero-padded) window over an ``hw`` map."""
+    return tuple(
+        (hw[d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in (0, 1)
+    )
+
+
 def unique_name(base: str, taken: set[str]) -> str:
     """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (which gets it)."""
     name, k = base, 1

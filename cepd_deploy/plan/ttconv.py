@@ -21,7 +21,7 @@ from cepd_deploy.plan.contraction import (
     step_dims,
     step_weight,
 )
-from cepd_deploy.plan.ir import Epilogue, Node, Op
+from cepd_deploy.plan.ir import Epilogue, Node, Op, conv_out_hw
 from cepd_deploy.tt import TTLayout, tt_full
 
 CostFn = Callable[[Sequence[Node]], float]
@@ -46,13 +46,7 @@ class TTConvSpec:
         )
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-            self.layout.kernel,
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return conv_out_hw((h, w), self.layout.kernel, self.stride, self.padding, self.dilation)
 
 
 def lower_ttconv(
@@ -100,7 +94,7 @@ def lower_ttconv(
         outer, cin, cout, inner = step_dims(step, sizes)
         if step.conv:
             attrs = dict(conv_attrs, stride=stride, outer=outer, cin=cin, cout=cout)
-            hw = _conv_hw(hw, lay.kernel, stride, spec.padding, spec.dilation)
+            hw = conv_out_hw(hw, lay.kernel, stride, spec.padding, spec.dilation)
             op = Op.CONV
         else:
             attrs = dict(outer=outer, cin=cin, cout=cout, inner=inner)
@@ -130,12 +124,6 @@ def _replace(node: Node, **kw) -> Node:
     from dataclasses import replace
 
     return replace(node, **kw)
-
-
-def _conv_hw(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
-    return tuple(
-        (hw[d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in (0, 1)
-    )
 
 
 def _permute(nodes, nm, cur, cur_shape, labels_after, perm, sizes, layer) -> str:

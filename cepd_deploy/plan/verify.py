@@ -6,16 +6,13 @@ import math
 from collections.abc import Callable
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import EPILOGUE_OPS, WEIGHTED, Node, Op, Plan
+from cepd_deploy.plan.ir import EPILOGUE_OPS, WEIGHTED, Node, Op, Plan, conv_out_hw
 
 
 def _conv_out(node: Node) -> tuple[int, ...]:
     a = node.attrs
     n, c, h, w = node.in_shapes[0]
-    hw = [
-        (size + 2 * a["padding"][d] - a["dilation"][d] * (a["kernel"][d] - 1) - 1) // a["stride"][d] + 1
-        for d, size in enumerate((h, w))
-    ]
+    hw = conv_out_hw((h, w), a["kernel"], a["stride"], a["padding"], a["dilation"])
     return (n, a["outer"] * a["cout"], *hw)
 
 

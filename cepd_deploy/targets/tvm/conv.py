@@ -18,6 +18,7 @@ import numpy as np
 from tvm import te
 from tvm.s_tir import Schedule
 
+from cepd_deploy.plan.ir import conv_out_hw
 from cepd_deploy.targets.tvm.gemm import max_acc, tile_cycles
 from cepd_deploy.targets.tvm.kernel import (
     Call,
@@ -28,6 +29,7 @@ from cepd_deploy.targets.tvm.kernel import (
     cdiv,
     pad_input,
     schedule_pad,
+    schedule_rows,
 )
 
 
@@ -46,10 +48,7 @@ class ConvShape:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return tuple(
-            (d + 2 * p - dl * (k - 1) - 1) // s + 1
-            for d, p, dl, k, s in zip((self.h, self.w), self.padding, self.dilation, self.kernel, self.stride)
-        )
+        return conv_out_hw((self.h, self.w), self.kernel, self.stride, self.padding, self.dilation)
 
     @property
     def cin_g(self) -> int:
@@ -271,22 +270,7 @@ def _plain(s: ConvShape, t: ConvTiling, w: np.ndarray, epi: Epi):
     y = te.compute((s.batch, s.cout, ho, wo), lambda b, oo, i, j: ep(acc[b, oo, i, j], b, oo, i, j), name="y")
 
     def schedule(sch: Schedule) -> None:
-        if xp is not None:
-            schedule_pad(sch)
-        yb = sch.get_sblock("y")
-        b, o, i, j = sch.get_loops(yb)
-        outer = sch.fuse(b, o, i)
-        sch.parallel(outer)
-        blk = sch.get_sblock("acc")
-        sch.compute_at(blk, outer)
-        sch.set_scope(blk, 0, "local")
-        jj, *red = sch.get_loops(blk)[1:]  # unit reduction loops are elided
-        if red:
-            sch.reorder(*red, jj)
-        sch.vectorize(jj)
-        init = sch.decompose_reduction(blk, red[0] if red else jj)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.vectorize(j)
+        schedule_rows(sch, padded=xp is not None)
 
     kern = Kernel("", [x, *ep.runtime], [wt, *ep.consts], y, schedule)
     return kern, np.ascontiguousarray(w, np.float32)

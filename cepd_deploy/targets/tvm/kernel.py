@@ -189,5 +189,29 @@ def schedule_pad(sch: Schedule, block: str = "xp", lanes: int = 16) -> None:
         sch.vectorize(inner)
 
 
+def schedule_rows(sch: Schedule, padded: bool, vectorize_out: bool = True) -> None:
+    """``y`` (N, C, H, W) from a reduction ``acc`` with the same leading axes: parallel over the
+    fused (N, C, H) rows, each row's ``acc`` computed in local scope inside it with the
+    reduction loops outside its vectorised pixel loop; ``y``'s pixel loop vectorised too unless
+    ``vectorize_out`` is false (a strided read of ``acc`` would be scalarised)."""
+    if padded:
+        schedule_pad(sch)
+    yb = sch.get_sblock("y")
+    b, ch, i, j = sch.get_loops(yb)
+    outer = sch.fuse(b, ch, i)
+    sch.parallel(outer)
+    blk = sch.get_sblock("acc")
+    sch.compute_at(blk, outer)
+    sch.set_scope(blk, 0, "local")
+    jj, *red = sch.get_loops(blk)[1:]  # unit reduction loops are elided
+    if red:
+        sch.reorder(*red, jj)
+    sch.vectorize(jj)
+    init = sch.decompose_reduction(blk, red[0] if red else jj)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if vectorize_out:
+        sch.vectorize(j)
+
+
 def largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)

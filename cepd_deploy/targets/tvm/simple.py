@@ -21,7 +21,7 @@ from cepd_deploy.targets.tvm.kernel import (
     Kernel,
     pad_input,
     schedule_flat,
-    schedule_pad,
+    schedule_rows,
 )
 
 
@@ -155,23 +155,7 @@ def pool(kind: str, shape: Sequence[int], out_shape: Sequence[int], kernel, stri
     y = te.compute((n, c, ho, wo), finish, name="y")
 
     def schedule(sch: Schedule) -> None:
-        if xp is not None:
-            schedule_pad(sch, "xp")
-        yb = sch.get_sblock("y")
-        b, ch, i, j = sch.get_loops(yb)
-        outer = sch.fuse(b, ch, i)
-        sch.parallel(outer)
-        blk = sch.get_sblock("acc")
-        sch.compute_at(blk, outer)
-        sch.set_scope(blk, 0, "local")
-        jj, *rl = sch.get_loops(blk)[1:]
-        if rl:
-            sch.reorder(*rl, jj)
-        sch.vectorize(jj)
-        init = sch.decompose_reduction(blk, rl[0] if rl else jj)
-        sch.vectorize(sch.get_loops(init)[-1])
-        if sw == 1:
-            sch.vectorize(j)
+        schedule_rows(sch, padded=xp is not None, vectorize_out=sw == 1)
 
     return Call(Kernel(key, [x], [], y, schedule, label=f"{kind}pool {_shape_key(shape)}"))
 
