@@ -37,7 +37,7 @@
 
 #define CEPD_DECLARE_ISA(ns)                                                            \
   namespace ns {                                                                      \
-  void tile(const float*, const float*, const int64_t*, int, int, float*, int);           \
+  void tile(const float*, const float*, const int64_t*, int, int, float*, int, int);        \
   void finish(const float*, int, int, int, int, const cepd::Epilogue*, const float*, const float*, float*, \
               size_t, size_t);                                                                 \
   void tile_finish(const float*, const float*, const int64_t*, int, int, int, const cepd::Epilogue*,     \
@@ -171,7 +171,7 @@ Packed pack(const float* a, int M, int K) {
   p.M = M;
   p.K = K;
   int blocks = (M + MR - 1) / MR;
-  p.data.assign(static_cast<size_t>(blocks) * K * MR, 0.0f);
+  p.data.assign(static_cast<size_t>(blocks) * K * MR + 8, 0.0f);  // slack: tile_cols reads 8 floats per k
   for (int b = 0; b < blocks; ++b)
     for (int k = 0; k < K; ++k)
       for (int i = 0; i < MR && b * MR + i < M; ++i)
@@ -223,7 +223,8 @@ inline void deinterleave(float* __restrict d, const float* __restrict v, int n, 
 // "Planes": a zero-padded copy of a (c x h x w) map, split into sh x sw stride phases, each
 // hq x wq, so that a strided KxK window is a set of row offsets into it and output (oy, ox)
 // is column oy * wq + ox (columns with ox >= wo are computed and dropped). Stride 1: one
-// phase, the plain padded copy. Padding positions are written once (zero) and never again.
+// phase, the padded copy with rows sharing their padding columns. Padding positions are
+// written once (zero) and never again.
 struct Planes {
   ConvGeom g{};
   int h = 0, w = 0, wq = 0, hq = 0;
@@ -232,7 +233,10 @@ struct Planes {
   Planes() = default;
   Planes(const ConvGeom& g_, int h_, int w_, int ho, int wo) : g(g_), h(h_), w(w_) {
     const int hp = h + 2 * g.ph, wp = w + 2 * g.pw;
-    wq = std::max((wp + g.sw - 1) / g.sw, wo + ((g.kw - 1) * g.dw) / g.sw);
+    // stride 1: rows share their padding columns (row r's right padding is row r + 1's left),
+    // so a row is w + pw columns, not w + 2 pw: fewer computed-and-dropped columns (3x3 at 14x14:
+    // 210 instead of 224)
+    wq = g.sw == 1 ? std::max(wp - g.pw, wo) : std::max((wp + g.sw - 1) / g.sw, wo + ((g.kw - 1) * g.dw) / g.sw);
     hq = std::max((hp + g.sh - 1) / g.sh, ho + ((g.kh - 1) * g.dh) / g.sh) + 1;
     plane = size_t(hq) * wq;
     cs = plane * g.sh * g.sw;
@@ -331,14 +335,14 @@ constexpr int KC = 192;  // K chunk: a chunk of B rows (KC x NR) stays in L1 ove
 
 // step rows (all blocks) -> panel (rows x NR, row-major); a deep K runs in chunks so the B rows
 // are read from L1 by every row block.
-inline void step_to_panel(const Packed& w, Src src, float* out, int b0 = 0, int b1 = -1) {
+inline void step_to_panel(const Packed& w, Src src, float* out, int cols, int b0 = 0, int b1 = -1) {
   if (b1 < 0) b1 = w.blocks();
   const int kc = b1 - b0 > 1 && w.K > KC + KC / 2 ? KC : w.K;
   for (int k0 = 0; k0 < w.K; k0 += kc) {
     const int kn = std::min(kc, w.K - k0);
     for (int b = b0; b < b1; ++b)
       isa_fns.tile(w.block(b) + size_t(k0) * MR, src.first, src.second + k0, kn, std::min(MR, w.M - b * MR),
-                   out + size_t(b) * MR * NR, k0 > 0);
+                   out + size_t(b) * MR * NR, k0 > 0, cols);
   }
 }
 
@@ -348,7 +352,7 @@ void step_to_sink(const Packed& w, Src src, size_t n0, int cols, const Sink& k, 
   alignas(64) float acc[MR * NR];
   if (b1 < 0) b1 = w.blocks();
   const bool chunked = b1 - b0 > 1 && w.K > KC + KC / 2;  // then all rows first, into ``whole``
-  if (chunked) step_to_panel(w, src, whole, b0, b1);
+  if (chunked) step_to_panel(w, src, whole, cols, b0, b1);
   // output runs of this panel: (column in panel, length, destination pixel)
   int run_j[NR], run_len[NR];
   size_t run_dst[NR];
@@ -380,7 +384,7 @@ void step_to_sink(const Packed& w, Src src, size_t n0, int cols, const Sink& k, 
                           run_dst[0]);
       continue;
     }
-    if (!chunked) isa_fns.tile(w.block(b), src.first, src.second, w.K, rows, acc, 0);
+    if (!chunked) isa_fns.tile(w.block(b), src.first, src.second, w.K, rows, acc, 0, cols);
     const float* v = chunked ? whole + size_t(m0) * NR : acc;
     if (k.planes) {
       for (int i = 0; i < rows; ++i) k.pl->store(k.planes + size_t(m0 + i) * k.pl->cs, v + i * NR, cols, n0);
@@ -412,7 +416,7 @@ void chain(const Layer& L, int s0, int s1, Src src, Src s_src, size_t n0, int co
   float* pb[2] = {scr, scr + prow};
   if (s_src.first) {
     float* sp = scr + 2 * prow;
-    step_to_panel(L.s, s_src, sp);
+    step_to_panel(L.s, s_src, sp, cols);
     sink.spanel = sp;
   }
   for (int k = s0; k < s1; ++k) {
@@ -421,7 +425,7 @@ void chain(const Layer& L, int s0, int s1, Src src, Src s_src, size_t n0, int co
       step_to_sink(w, src, n0, cols, sink, scr + 3 * prow);
     } else {
       float* out = pb[(k - s0) & 1];
-      step_to_panel(w, src, out);
+      step_to_panel(w, src, out, cols);
       src = Src{out, L.roff_nr.data()};
     }
   }
@@ -466,7 +470,7 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
       for (int p = p_lo; p < p_hi; ++p) {
       const size_t n0 = size_t(p) * NR;
       const int cols = int(std::min<size_t>(NR, ncols - n0));
-      if (u0 < nbs) step_to_panel(L.s, (*s_of)(n0), L.sbuf.data() + p * srow, u0, std::min(u1, nbs));
+      if (u0 < nbs) step_to_panel(L.s, (*s_of)(n0), L.sbuf.data() + p * srow, cols, u0, std::min(u1, nbs));
       if (u1 <= nbs) continue;
       const int b0 = std::max(u0, nbs) - nbs, b1 = u1 - nbs;
       const Src src = k == s0 ? src_of(n0, cols) : Src{in + p * prow, L.roff_nr.data()};
@@ -475,7 +479,7 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
         sk.spanel = L.sbuf.data() + p * srow;
         step_to_sink(w, src, n0, cols, sk, thread_scratch(layer_scratch(L)) + 3 * prow, b0, b1);
       } else {
-        step_to_panel(w, src, out + p * prow, b0, b1);
+        step_to_panel(w, src, out + p * prow, cols, b0, b1);
       }
       }
     });
