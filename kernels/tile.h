@@ -33,4 +33,7 @@ using TileFinishFn = void (*)(const float* ap, const float* base, const int64_t*
                               const cepd::Epilogue* e, const float* spanel, const float* res, float* y,
                               size_t out_hw, size_t dst);
 
+// d row y (dpitch apart) = s row y (spitch apart), len floats each, y < rows.
+using CopyRowsFn = void (*)(float* d, size_t dpitch, const float* s, size_t spitch, int rows, int len);
+
 }  // namespace cepd

@@ -4,4 +4,5 @@
 #pragma GCC target("avx512f,avx512vl,fma")
 #endif  // other machines build it as generic code; the cpuid check never picks it there
 #define CEPD_TILE_NS cepd_tile_avx512
+#define CEPD_TILE_MASKED 1  // partial vectors as AVX-512 masked loads and stores
 #include "tile.inc"

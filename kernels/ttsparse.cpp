@@ -42,6 +42,7 @@
               size_t, size_t);                                                                 \
   void tile_finish(const float*, const float*, const int64_t*, int, int, int, const cepd::Epilogue*,     \
                    const float*, const float*, float*, size_t, size_t);                           \
+  void copy_rows(float*, size_t, const float*, size_t, int, int);                                      \
   }
 CEPD_DECLARE_ISA(cepd_tile_avx512)
 CEPD_DECLARE_ISA(cepd_tile_avx2)
@@ -193,13 +194,20 @@ struct Isa {
   cepd::TileFn tile;
   cepd::FinishFn finish;
   cepd::TileFinishFn tile_finish;
+  cepd::CopyRowsFn copy_rows;
 };
 
 Isa isa_for(int level) {
   switch (level) {
-    case 2: return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish, &cepd_tile_avx512::tile_finish};
-    case 1: return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish};
-    default: return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish, &cepd_tile_generic::tile_finish};
+    case 2:
+      return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish, &cepd_tile_avx512::tile_finish,
+                 &cepd_tile_avx512::copy_rows};
+    case 1:
+      return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish,
+                 &cepd_tile_avx2::copy_rows};
+    default:
+      return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish, &cepd_tile_generic::tile_finish,
+                 &cepd_tile_generic::copy_rows};
   }
 }
 
@@ -259,7 +267,7 @@ struct Planes {
   void store_row(float* ch, const float* v, int run, int y, int x) const {
     const int yp = y + g.ph, xp = x + g.pw;
     if (g.sh == 1 && g.sw == 1) {
-      std::memcpy(ch + size_t(yp) * wq + xp, v, sizeof(float) * run);
+      isa_fns.copy_rows(ch + size_t(yp) * wq + xp, 0, v, 0, 1, run);
       return;
     }
     // phase q of the row gets every sw-th value (divisions by 2 as shifts: the common case)
@@ -594,8 +602,14 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     }
     t -= np_in;
     float* xp = L.xplanes.data();
-    for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c)
-      for (int i = 0; i < L.hb; ++i) pl.store_row(xp + size_t(c) * pl.cs, x + (size_t(c) * L.hb + i) * L.wb, L.wb, i, 0);
+    for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c) {
+      const float* xc = x + size_t(c) * L.hb * L.wb;
+      if (pl.g.sh == 1 && pl.g.sw == 1) {  // the whole channel: rows into the padded pitch
+        isa_fns.copy_rows(xp + size_t(c) * pl.cs + size_t(pl.g.ph) * pl.wq + pl.g.pw, pl.wq, xc, L.wb, L.hb, L.wb);
+        continue;
+      }
+      for (int i = 0; i < L.hb; ++i) pl.store_row(xp + size_t(c) * pl.cs, xc + size_t(i) * L.wb, L.wb, i, 0);
+    }
   });
   if (a_stepwise) stepwise(L, 0, pre, x_of, nullptr, hw, to_planes);
   // pass B: the windowed step, the steps after it, S, the epilogue (per output panel)
