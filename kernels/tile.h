@@ -36,4 +36,8 @@ using TileFinishFn = void (*)(const float* ap, const float* base, const int64_t*
 // d row y (dpitch apart) = s row y (spitch apart), len floats each, y < rows.
 using CopyRowsFn = void (*)(float* d, size_t dpitch, const float* s, size_t spitch, int rows, int len);
 
+// even[m] = v[2 m] for 2 m < n; odd[m] = v[2 m + 1] for 2 m + 1 < n (odd may be null): a row's
+// two stride-2 phases.
+using Split2Fn = void (*)(float* even, float* odd, const float* v, int n);
+
 }  // namespace cepd

@@ -43,6 +43,7 @@
   void tile_finish(const float*, const float*, const int64_t*, int, int, int, const cepd::Epilogue*,     \
                    const float*, const float*, float*, size_t, size_t);                           \
   void copy_rows(float*, size_t, const float*, size_t, int, int);                                      \
+  void split2(float*, float*, const float*, int);                                                      \
   }
 CEPD_DECLARE_ISA(cepd_tile_avx512)
 CEPD_DECLARE_ISA(cepd_tile_avx2)
@@ -195,19 +196,20 @@ struct Isa {
   cepd::FinishFn finish;
   cepd::TileFinishFn tile_finish;
   cepd::CopyRowsFn copy_rows;
+  cepd::Split2Fn split2;
 };
 
 Isa isa_for(int level) {
   switch (level) {
     case 2:
       return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish, &cepd_tile_avx512::tile_finish,
-                 &cepd_tile_avx512::copy_rows};
+                 &cepd_tile_avx512::copy_rows, &cepd_tile_avx512::split2};
     case 1:
       return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish,
-                 &cepd_tile_avx2::copy_rows};
+                 &cepd_tile_avx2::copy_rows, &cepd_tile_avx2::split2};
     default:
       return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish, &cepd_tile_generic::tile_finish,
-                 &cepd_tile_generic::copy_rows};
+                 &cepd_tile_generic::copy_rows, &cepd_tile_generic::split2};
   }
 }
 
@@ -219,13 +221,9 @@ struct ConvGeom {
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// d[m] = v[m * step] for m < n (step 2: vectorised as a deinterleave).
+// d[m] = v[m * step] for m < n (strides other than 2; those use isa_fns.split2).
 inline void deinterleave(float* __restrict d, const float* __restrict v, int n, int step) {
-  if (step == 2) {
-    for (int m = 0; m < n; ++m) d[m] = v[2 * m];
-  } else {
-    for (int m = 0; m < n; ++m) d[m] = v[size_t(m) * step];
-  }
+  for (int m = 0; m < n; ++m) d[m] = v[size_t(m) * step];
 }
 
 // "Planes": a zero-padded copy of a (c x h x w) map, split into sh x sw stride phases, each
@@ -273,11 +271,9 @@ struct Planes {
     // phase q of the row gets every sw-th value (divisions by 2 as shifts: the common case)
     const int ya = g.sh == 2 ? (yp & 1) : yp % g.sh, yq = g.sh == 2 ? (yp >> 1) : yp / g.sh;
     float* rowp = ch + size_t(ya * g.sw) * plane + size_t(yq) * wq;
-    if (g.sw == 2) {
-      const int t0 = xp & 1;  // the first value landing in phase 0 (even columns)
-      if (t0 < run) deinterleave(rowp + ((xp + t0) >> 1), v + t0, (run - t0 + 1) >> 1, 2);
-      const int t1 = 1 - t0;
-      if (t1 < run) deinterleave(rowp + plane + ((xp + t1) >> 1), v + t1, (run - t1 + 1) >> 1, 2);
+    if (g.sw == 2) {  // v's even values go to phase xp & 1, its odd ones to the other
+      const int q = xp & 1;
+      isa_fns.split2(rowp + q * plane + (xp >> 1), rowp + (1 - q) * plane + ((xp + 1) >> 1), v, run);
       return;
     }
     for (int q = 0; q < g.sw; ++q) {
@@ -548,7 +544,11 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
         for (int i = 0; i < L.hb; ++i) {
           const float* src = xb + (size_t(c) * L.H + size_t(i) * L.sub_h) * L.W;
           float* d = xs + (size_t(c) * L.hb + i) * L.wb;
-          for (int j = 0; j < L.wb; ++j) d[j] = src[size_t(j) * L.sub_w];
+          if (L.sub_w == 2) {
+            isa_fns.split2(d, nullptr, src, 2 * L.wb - 1);
+          } else {
+            for (int j = 0; j < L.wb; ++j) d[j] = src[size_t(j) * L.sub_w];
+          }
         }
     });
     x = xs;

@@ -47,13 +47,16 @@ def test_library_is_built_and_dispatches():
 
 
 def test_every_tile_build_matches_reference():
-    # the tiles and fused tile+epilogue of each instruction set this CPU has (pointwise: whole
-    # panels take the fused path; 3x3: the split one), against the Plan's reference; the maps
-    # end every kind of panel tail: 12x12 pointwise in 16 columns, 3x3 (12 rows of 14) in 8,
-    # 7x7 pointwise in 17 (a 16-column tile and one column), 3x3 (7 rows of 9) in 31
-    kw = dict(kappa=5, ranks=[0.5], bn=True, residual=True, act="relu6", seed=3)
-    cases = [dict(cin=16, cout=16, kernel=(1, 1), stride=1, padding=(0, 0), **kw),
-             dict(cin=16, cout=16, kernel=(3, 3), stride=1, padding=(1, 1), **kw)]  # fmt: skip
+    # the tiles, fused tile+epilogue and row copies of each instruction set this CPU has
+    # (pointwise: whole panels take the fused path; 3x3: the split one; stride 2: the phase
+    # split and the subsample), against the Plan's reference; the maps end every kind of panel
+    # tail: pointwise 10x10 in 4 columns (column tile), 12x12 in 16 (16-column tile), 7x7 in
+    # 17 (both); 3x3 at 7x7 (7 rows of 8) in 24, 12x12 (12 rows of 13) in 28 (a whole tile)
+    kw = dict(kappa=5, ranks=[0.5], bn=True, act="relu6", seed=3)
+    cases = [dict(cin=16, cout=16, kernel=(1, 1), stride=1, padding=(0, 0), residual=True, **kw),
+             dict(cin=16, cout=16, kernel=(3, 3), stride=1, padding=(1, 1), residual=True, **kw),
+             dict(cin=16, cout=16, kernel=(3, 3), stride=2, padding=(1, 1), residual=False, **kw),
+             dict(cin=16, cout=16, kernel=(1, 1), stride=2, padding=(0, 0), residual=False, **kw)]  # fmt: skip
     best = native.isa()
     with pytest.raises(cd.CEPDError, match="not available"):
         native.use_isa("neon")
@@ -61,12 +64,12 @@ def test_every_tile_build_matches_reference():
         for name in native.ISAS[: native.ISAS.index(best) + 1]:
             native.use_isa(name)
             assert native.isa() == name
-            for case, size in itertools.product(cases, (12, 7)):
+            for case, size in itertools.product(cases, (12, 7, 10)):
                 x = np.random.default_rng(size).standard_normal((1, 16, size, size)).astype(np.float32)
                 plan, nodes, x_name, r_name, layer = _plan_layer(case, x.shape, need=_require)
                 env = run_plan(plan, x, keep=True)
                 ref = env[nodes[-1].output].numpy()
-                y = layer(env[x_name].numpy(), env[r_name].numpy())
+                y = layer(env[x_name].numpy(), env[r_name].numpy() if r_name else None)
                 assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6, (name, case["kernel"], size)
     finally:
         native.use_isa(best)
