@@ -52,11 +52,11 @@ def test_every_tile_build_matches_reference():
     # split and the subsample), against the Plan's reference; the maps end every kind of panel
     # tail: pointwise 10x10 in 4 columns (column tile), 12x12 in 16 (16-column tile), 7x7 in
     # 17 (both); 3x3 at 7x7 (7 rows of 8) in 24, 12x12 (12 rows of 13) in 28 (a whole tile)
-    kw = dict(kappa=5, ranks=[0.5], bn=True, act="relu6", seed=3)
-    cases = [dict(cin=16, cout=16, kernel=(1, 1), stride=1, padding=(0, 0), residual=True, **kw),
-             dict(cin=16, cout=16, kernel=(3, 3), stride=1, padding=(1, 1), residual=True, **kw),
-             dict(cin=16, cout=16, kernel=(3, 3), stride=2, padding=(1, 1), residual=False, **kw),
-             dict(cin=16, cout=16, kernel=(1, 1), stride=2, padding=(0, 0), residual=False, **kw)]  # fmt: skip
+    kw = dict(cin=16, cout=16, kappa=5, ranks=[0.5], bn=True, act="relu6", seed=3)
+    cases = [dict(kernel=(1, 1), stride=1, padding=(0, 0), residual=True, **kw),
+             dict(kernel=(3, 3), stride=1, padding=(1, 1), residual=True, **kw),
+             dict(kernel=(3, 3), stride=2, padding=(1, 1), residual=False, **kw),
+             dict(kernel=(1, 1), stride=2, padding=(0, 0), residual=False, **kw)]  # fmt: skip
     best = native.isa()
     with pytest.raises(cd.CEPDError, match="not available"):
         native.use_isa("neon")
