@@ -2,7 +2,7 @@
 //
 // float32, NCHW, batch >= 1. A layer is created once (weights packed into 6-row blocks), then
 // run any number of times.
-// GEMMs run on 6 x 32 register tiles (AVX-512: 12 zmm accumulators; the AVX2 and generic builds
+// GEMMs run on 6 x 32 register tiles (narrower on a panel's tail; AVX-512: 12 zmm accumulators; the AVX2 and generic builds
 // split the same vectors) whose B rows are read in place through row offsets (no packing of
 // activations). The tile is compiled once per instruction set (tile_*.cpp, target set per file)
 // and picked by cpuid when the library loads, so one build runs on machines with and without
