@@ -18,7 +18,7 @@ struct Epilogue {
 
 // acc[rows x NR] (+)= A block (K x MR, packed; its first ``rows`` rows) * B, where B row k is the
 // NR floats at base + roff[k] (a panel, or the rows of an activation read in place); add != 0:
-// accumulate onto acc; cols <= 16: only acc's first 16 columns are computed.
+// accumulate onto acc; cols < NR (a panel's tail): only the columns it needs are computed.
 using TileFn = void (*)(const float* ap, const float* base, const int64_t* roff, int k, int rows, float* acc,
                         int add, int cols);
 // The epilogue for rows [row0, row0 + rows) of a finished tile ``acc`` (rows x NR), columns

@@ -2,8 +2,8 @@
 //
 // float32, NCHW, batch >= 1. A layer is created once (weights packed into 6-row blocks), then
 // run any number of times.
-// GEMMs run on 6 x 32 register tiles (narrower on a panel's tail; AVX-512: 12 zmm accumulators; the AVX2 and generic builds
-// split the same vectors) whose B rows are read in place through row offsets (no packing of
+// GEMMs run on 6 x 32 register tiles (narrower on a panel's tail; AVX-512: 12 zmm accumulators;
+// the AVX2 and generic builds split the same vectors) whose B rows are read in place through row offsets (no packing of
 // activations). The tile is compiled once per instruction set (tile_*.cpp, target set per file)
 // and picked by cpuid when the library loads, so one build runs on machines with and without
 // AVX-512.
@@ -221,8 +221,9 @@ struct ConvGeom {
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// d[m] = v[m * step] for m < n (strides other than 2; those use isa_fns.split2).
+// d[m] = v[m * step] for m < n (step 2: the instruction set's split2).
 inline void deinterleave(float* __restrict d, const float* __restrict v, int n, int step) {
+  if (step == 2) return isa_fns.split2(d, nullptr, v, 2 * n - 1);
   for (int m = 0; m < n; ++m) d[m] = v[size_t(m) * step];
 }
 
@@ -242,7 +243,8 @@ struct Planes {
     // stride 1: rows share their padding columns (row r's right padding is row r + 1's left),
     // so a row is w + pw columns, not w + 2 pw: fewer computed-and-dropped columns (3x3 at 14x14:
     // 210 instead of 224)
-    wq = g.sw == 1 ? std::max(wp - g.pw, wo) : std::max((wp + g.sw - 1) / g.sw, wo + ((g.kw - 1) * g.dw) / g.sw);
+    wq = g.sw == 1 ? std::max(wp - g.pw, wo)
+                   : std::max((wp + g.sw - 1) / g.sw, wo + ((g.kw - 1) * g.dw) / g.sw);
     hq = std::max((hp + g.sh - 1) / g.sh, ho + ((g.kh - 1) * g.dh) / g.sh) + 1;
     plane = size_t(hq) * wq;
     cs = plane * g.sh * g.sw;
@@ -251,6 +253,11 @@ struct Planes {
   int64_t tap(int i, int j) const {
     const int y = i * g.dh, x = j * g.dw;
     return int64_t(((y % g.sh) * g.sw + x % g.sw) * plane) + int64_t(y / g.sh) * wq + x / g.sw;
+  }
+  // Write one channel's whole map (h x w, row-major); stride 1: one strided row copy.
+  void store_map(float* ch, const float* v) const {
+    if (g.sh == 1 && g.sw == 1) return isa_fns.copy_rows(ch + size_t(g.ph) * wq + g.pw, wq, v, w, h, w);
+    for (int i = 0; i < h; ++i) store_row(ch, v + size_t(i) * w, w, i, 0);
   }
   // Write len values of one channel's map (pixels p, p+1, ... in row-major h x w order).
   void store(float* ch, const float* v, int len, size_t p) const {
@@ -544,11 +551,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
         for (int i = 0; i < L.hb; ++i) {
           const float* src = xb + (size_t(c) * L.H + size_t(i) * L.sub_h) * L.W;
           float* d = xs + (size_t(c) * L.hb + i) * L.wb;
-          if (L.sub_w == 2) {
-            isa_fns.split2(d, nullptr, src, 2 * L.wb - 1);
-          } else {
-            for (int j = 0; j < L.wb; ++j) d[j] = src[size_t(j) * L.sub_w];
-          }
+          deinterleave(d, src, L.wb, L.sub_w);
         }
     });
     x = xs;
@@ -602,14 +605,8 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     }
     t -= np_in;
     float* xp = L.xplanes.data();
-    for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c) {
-      const float* xc = x + size_t(c) * L.hb * L.wb;
-      if (pl.g.sh == 1 && pl.g.sw == 1) {  // the whole channel: rows into the padded pitch
-        isa_fns.copy_rows(xp + size_t(c) * pl.cs + size_t(pl.g.ph) * pl.wq + pl.g.pw, pl.wq, xc, L.wb, L.hb, L.wb);
-        continue;
-      }
-      for (int i = 0; i < L.hb; ++i) pl.store_row(xp + size_t(c) * pl.cs, xc + size_t(i) * L.wb, L.wb, i, 0);
-    }
+    for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c)
+      pl.store_map(xp + size_t(c) * pl.cs, x + size_t(c) * L.hb * L.wb);
   });
   if (a_stepwise) stepwise(L, 0, pre, x_of, nullptr, hw, to_planes);
   // pass B: the windowed step, the steps after it, S, the epilogue (per output panel)
