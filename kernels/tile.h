@@ -40,4 +40,15 @@ using CopyRowsFn = void (*)(float* d, size_t dpitch, const float* s, size_t spit
 // two stride-2 phases.
 using Split2Fn = void (*)(float* even, float* odd, const float* v, int n);
 
+// Winograd F(2x2, 3x3) input transform of nc channels (x, cs floats apart; each h x w, zero
+// outside), row g of B^T: for tiles t in [t_lo, t_lo + nt) (tile (ty, tx) = t / tw, t % tw: the
+// 4x4 patch d at rows 2 ty - ph .., columns 2 tx - pw ..), v[q * vs + c * vc + t - t_lo] =
+// (B^T d B)[4 g + q], q < 4. 16 lanes are stored at a time: each row of v needs 15 floats of
+// slack before it and 16 after.
+using WinoInFn = void (*)(const float* x, int nc, size_t cs, int h, int w, int ph, int pw, int tw, int t_lo, int nt,
+                          int g, float* v, size_t vs, size_t vc);
+// Output transform of NR tiles (lanes; the first ``cols`` used): m + xi * ms holds M[xi] of
+// each; y4 + (2 a + b) * NR gets (A^T M A)[a][b].
+using WinoOutFn = void (*)(const float* m, size_t ms, int cols, float* y4);
+
 }  // namespace cepd

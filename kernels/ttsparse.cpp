@@ -44,6 +44,8 @@
                    const float*, const float*, float*, size_t, size_t);                           \
   void copy_rows(float*, size_t, const float*, size_t, int, int);                                      \
   void split2(float*, float*, const float*, int);                                                      \
+  void wino_in(const float*, int, size_t, int, int, int, int, int, int, int, int, float*, size_t, size_t); \
+  void wino_out(const float*, size_t, int, float*);                                                      \
   }
 CEPD_DECLARE_ISA(cepd_tile_avx512)
 CEPD_DECLARE_ISA(cepd_tile_avx2)
@@ -84,7 +86,9 @@ class Pool {
   // Run fn(task) for task in [0, ntasks) on all threads; returns when every task is done. The
   // caller never waits for a worker that has not joined yet (a sleeping worker takes tens of
   // microseconds to wake on a VM): it runs whatever tasks are left itself, closes the job, and
-  // waits only for the workers inside it.
+  // waits only for the workers inside it. The caller takes tasks from the front, the workers
+  // from the back: tasks numbered in map order give each thread one contiguous part of the
+  // map, so what one pass writes (planes, panel buffers) the next mostly reads on the same core.
   void run(int ntasks, const std::function<void(int)>& fn) {
     std::lock_guard<std::mutex> one_at_a_time(run_mu_);
     if (size_ == 1 || ntasks <= 1) {
@@ -92,8 +96,7 @@ class Pool {
       return;
     }
     fn_ = &fn;
-    ntasks_ = ntasks;
-    next_.store(0, std::memory_order_relaxed);
+    left_.store(uint64_t(ntasks) << 32, std::memory_order_relaxed);
     const uint64_t e = epoch_.load(std::memory_order_relaxed) + 1;
     open_.store(e, std::memory_order_seq_cst);
     epoch_.store(e, std::memory_order_seq_cst);
@@ -101,15 +104,25 @@ class Pool {
       std::lock_guard<std::mutex> lk(mu_);
       cv_.notify_all();
     }
-    work();
+    work(true);
     open_.store(0, std::memory_order_seq_cst);  // late workers no longer join
     while (active_.load(std::memory_order_seq_cst) > 0) cpu_relax();
     fn_ = nullptr;
   }
 
  private:
-  void work() {
-    for (int t = next_.fetch_add(1); t < ntasks_; t = next_.fetch_add(1)) (*fn_)(t);
+  // left_ holds the tasks not yet taken, [lo, hi): lo in the low 32 bits, hi in the high ones.
+  void work(bool front) {
+    uint64_t r = left_.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint32_t lo = uint32_t(r), hi = uint32_t(r >> 32);
+      if (lo >= hi) return;
+      const uint64_t taken = front ? r + 1 : (uint64_t(hi - 1) << 32) | lo;
+      if (left_.compare_exchange_weak(r, taken, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+        (*fn_)(int(front ? lo : hi - 1));
+        r = left_.load(std::memory_order_relaxed);
+      }
+    }
   }
   void loop(uint64_t seen) {
     for (;;) {
@@ -128,7 +141,7 @@ class Pool {
       if (quit_.load()) return;
       seen = epoch_.load(std::memory_order_seq_cst);
       active_.fetch_add(1, std::memory_order_seq_cst);
-      if (open_.load(std::memory_order_seq_cst) == seen) work();  // else the job is over
+      if (open_.load(std::memory_order_seq_cst) == seen) work(false);  // else the job is over
       active_.fetch_sub(1, std::memory_order_seq_cst);
     }
   }
@@ -147,10 +160,10 @@ class Pool {
   std::mutex mu_, run_mu_;
   std::condition_variable cv_;
   const std::function<void(int)>* fn_ = nullptr;
-  int ntasks_ = 0;
+  std::atomic<uint64_t> left_{0};
   std::atomic<uint64_t> epoch_{0};
   std::atomic<uint64_t> open_{0};  // the epoch of the job still taking workers, or 0
-  std::atomic<int> next_{0}, active_{0}, sleepers_{0};
+  std::atomic<int> active_{0}, sleepers_{0};
   std::atomic<bool> quit_{false};
 };
 
@@ -160,11 +173,15 @@ Pool& pool() {
 }
 
 // ---- packed weights --------------------------------------------------------------------
-// A packed: for each block of MR rows, K x MR floats (row-major in k), rows past M zero.
+// A packed: M rows in blocks of at most MR, balanced (13 rows: 5 + 4 + 4, not 6 + 6 + 1: a
+// block of one or two rows is bound by the FMA latency, not the FMA throughput); per block,
+// K x MR floats (row-major in k), the lanes past its rows zero.
 struct Packed {
   int M = 0, K = 0;
   std::vector<float> data;
   int blocks() const { return (M + MR - 1) / MR; }
+  int row0(int b) const { return b * (M / blocks()) + std::min(b, M % blocks()); }  // block b's first row
+  int rows(int b) const { return M / blocks() + (b < M % blocks()); }
   const float* block(int b) const { return data.data() + static_cast<size_t>(b) * K * MR; }
 };
 
@@ -172,12 +189,11 @@ Packed pack(const float* a, int M, int K) {
   Packed p;
   p.M = M;
   p.K = K;
-  int blocks = (M + MR - 1) / MR;
-  p.data.assign(static_cast<size_t>(blocks) * K * MR + 8, 0.0f);  // slack: tile_cols reads 8 floats per k
-  for (int b = 0; b < blocks; ++b)
+  p.data.assign(static_cast<size_t>(p.blocks()) * K * MR + 8, 0.0f);  // slack: tile_cols reads 8 floats per k
+  for (int b = 0; b < p.blocks(); ++b)
     for (int k = 0; k < K; ++k)
-      for (int i = 0; i < MR && b * MR + i < M; ++i)
-        p.data[(static_cast<size_t>(b) * K + k) * MR + i] = a[static_cast<size_t>(b * MR + i) * K + k];
+      for (int i = 0; i < p.rows(b); ++i)
+        p.data[(static_cast<size_t>(b) * K + k) * MR + i] = a[static_cast<size_t>(p.row0(b) + i) * K + k];
   return p;
 }
 
@@ -197,19 +213,24 @@ struct Isa {
   cepd::TileFinishFn tile_finish;
   cepd::CopyRowsFn copy_rows;
   cepd::Split2Fn split2;
+  cepd::WinoInFn wino_in;
+  cepd::WinoOutFn wino_out;
 };
 
 Isa isa_for(int level) {
   switch (level) {
     case 2:
       return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish, &cepd_tile_avx512::tile_finish,
-                 &cepd_tile_avx512::copy_rows, &cepd_tile_avx512::split2};
+                 &cepd_tile_avx512::copy_rows, &cepd_tile_avx512::split2,
+                 &cepd_tile_avx512::wino_in, &cepd_tile_avx512::wino_out};
     case 1:
       return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish,
-                 &cepd_tile_avx2::copy_rows, &cepd_tile_avx2::split2};
+                 &cepd_tile_avx2::copy_rows, &cepd_tile_avx2::split2,
+                 &cepd_tile_avx2::wino_in, &cepd_tile_avx2::wino_out};
     default:
       return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish, &cepd_tile_generic::tile_finish,
-                 &cepd_tile_generic::copy_rows, &cepd_tile_generic::split2};
+                 &cepd_tile_generic::copy_rows, &cepd_tile_generic::split2,
+                 &cepd_tile_generic::wino_in, &cepd_tile_generic::wino_out};
   }
 }
 
@@ -317,6 +338,13 @@ struct Layer {
   std::vector<int64_t> roff_x, roff_nr, roff_win;  // x in place; a panel; window into planes
   std::vector<float> xs, xplanes, cplanes;         // subsampled x; planes of x and of the conv input
   std::vector<float> mid[2], sbuf;                 // stepwise: intermediates and S, per panel
+  // S as a Winograd F(2x2, 3x3) conv (3x3 stride-1 windows): 16 transformed filter matrices
+  // and their products with x's transform (16 x panels of NR tiles x kappa rows x NR); S
+  // lands in sbuf per output panel, as the stepwise path keeps it
+  bool wino = false;
+  int th = 0, tw = 0, tiles = 0;
+  std::vector<Packed> wu;
+  std::vector<float> wm;
   std::mutex mu;
 };
 
@@ -352,8 +380,8 @@ inline void step_to_panel(const Packed& w, Src src, float* out, int cols, int b0
   for (int k0 = 0; k0 < w.K; k0 += kc) {
     const int kn = std::min(kc, w.K - k0);
     for (int b = b0; b < b1; ++b)
-      isa_fns.tile(w.block(b) + size_t(k0) * MR, src.first, src.second + k0, kn, std::min(MR, w.M - b * MR),
-                   out + size_t(b) * MR * NR, k0 > 0, cols);
+      isa_fns.tile(w.block(b) + size_t(k0) * MR, src.first, src.second + k0, kn, w.rows(b),
+                   out + size_t(w.row0(b)) * NR, k0 > 0, cols);
   }
 }
 
@@ -389,7 +417,7 @@ void step_to_sink(const Packed& w, Src src, size_t n0, int cols, const Sink& k, 
   // one run over the whole panel (pointwise layers): the epilogue from the registers
   const bool direct = !chunked && !k.planes && nruns == 1 && run_j[0] == 0 && run_len[0] == NR;
   for (int b = b0; b < b1; ++b) {
-    const int m0 = b * MR, rows = std::min(MR, w.M - m0);
+    const int m0 = w.row0(b), rows = w.rows(b);
     if (direct) {
       isa_fns.tile_finish(w.block(b), src.first, src.second, w.K, rows, m0, k.e, k.spanel, k.res, k.y, k.out_hw,
                           run_dst[0]);
@@ -497,12 +525,48 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
   }
 }
 
-void layer_init(Layer& L) {
+// Winograd for S (3x3 stride-1 windows): 1 auto (where it pays: in whole ResNet-50 runs it saved
+// 6% of each 14 x 14 and 28 x 28 layer with 13-26 filters, but cost 3% at 7 x 7, where 2 x 2
+// tiles overhang the map, and 10% with 6-7 filters, too few to pay for x's transform), 0 never,
+// 2 always (tests).
+int winograd_mode = 1;
+constexpr int WC = 64;  // channels per chunk of x's transform (4 x WC rows of WP floats)
+constexpr int WP = 64;  // a row of the transform: 16 floats of slack, NR tiles, 16 of slack
+
+// F(2x2, 3x3): U = G g G^T per (filter, channel), packed as 16 kappa x I matrices.
+void wino_init(Layer& L, const float* sw) {
+  const ConvGeom& g = L.wg;
+  const bool window = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1;
+  if (!winograd_mode || !window) return;
+  L.th = (L.Ho + 1) / 2, L.tw = (L.Wo + 1) / 2, L.tiles = L.th * L.tw;
+  const bool pays = L.kappa >= 2 * MR && 16.0 * L.tiles <= 0.5 * 9.0 * L.Ho * L.Wo;
+  if (winograd_mode == 1 && !pays) return;
+  L.wino = true;
+  const int I = L.I, kp = (L.kappa + MR - 1) / MR * MR;
+  const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+  std::vector<float> u(size_t(16) * L.kappa * I);
+  for (int k = 0; k < L.kappa; ++k)
+    for (int c = 0; c < I; ++c) {
+      const float* f = sw + (size_t(k) * I + c) * 9;
+      float gg[4][3];  // G g
+      for (int p = 0; p < 4; ++p)
+        for (int b = 0; b < 3; ++b) gg[p][b] = G[p][0] * f[b] + G[p][1] * f[3 + b] + G[p][2] * f[6 + b];
+      for (int p = 0; p < 4; ++p)
+        for (int q = 0; q < 4; ++q)
+          u[(size_t(4 * p + q) * L.kappa + k) * I + c] = gg[p][0] * G[q][0] + gg[p][1] * G[q][1] + gg[p][2] * G[q][2];
+    }
+  for (int xi = 0; xi < 16; ++xi) L.wu.push_back(pack(u.data() + size_t(xi) * L.kappa * I, L.kappa, I));
+  const int npt = (L.tiles + NR - 1) / NR;
+  L.wm.assign(size_t(16) * npt * kp * NR, 0.0f);
+}
+
+void layer_init(Layer& L, const float* s_weights) {
   L.hb = (L.H - 1) / L.sub_h + 1;
   L.wb = (L.W - 1) / L.sub_w + 1;
   const bool sub = L.sub_h > 1 || L.sub_w > 1;
   L.wg = sub ? ConvGeom{L.g.kh, L.g.kw, 1, 1, L.g.ph, L.g.pw, L.g.dh, L.g.dw} : L.g;
   const ConvGeom& g = L.wg;
+  if (s_weights) wino_init(L, s_weights);
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   L.ci = -1;
   if (!pointwise)
@@ -527,10 +591,67 @@ void layer_init(Layer& L) {
     for (int c = 0; c < cmax; ++c)
       for (int i = 0; i < g.kh; ++i)
         for (int j = 0; j < g.kw; ++j) L.roff_win[(size_t(c) * g.kh + i) * g.kw + j] = int64_t(c) * L.pl.cs + L.pl.tap(i, j);
-    const bool x_win = L.kappa || L.ci == 0;
+    const bool x_win = (L.kappa && !L.wino) || L.ci == 0;
     if (x_win) L.xplanes.assign(L.pl.size(L.I), 0.0f);
     if (L.ci > 0) L.cplanes.assign(L.pl.size(cconv), 0.0f);
   }
+  if (L.wino) {
+    const size_t np = (size_t(L.Ho) * L.pl.wq + NR - 1) / NR;
+    L.sbuf.assign(np * size_t((L.kappa + MR - 1) / MR * MR) * NR, 0.0f);
+  }
+}
+
+// S by Winograd, part 1 (a pass A task): for one panel of NR tiles and one row g of B^T, the
+// products M[xi] = U[xi] V[xi], xi = 4 g .. 4 g + 3, V (x's transform) made WC channels at a
+// time into a per-thread buffer, M accumulated in place in wm.
+void wino_products(Layer& L, const float* x, int task) {
+  const int npt = (L.tiles + NR - 1) / NR, kp = L.wu[0].blocks() * MR;
+  const int p = task % npt, g = task / npt, t_lo = p * NR, nt = std::min(NR, L.tiles - t_lo);
+  // the 4 copies of V a little more than WC x WP apart: at a power-of-two distance the 4 stores
+  // of each channel would share one L1 set
+  const size_t ms = size_t(npt) * kp * NR, vs = size_t(WC) * WP + 80;
+  static const std::vector<int64_t> roff = [] {
+    std::vector<int64_t> r(WC);
+    for (int k = 0; k < WC; ++k) r[k] = int64_t(k) * WP;
+    return r;
+  }();
+  float* v = thread_scratch(4 * vs + WP);
+  const size_t hw = size_t(L.hb) * L.wb;
+  for (int c0 = 0; c0 < L.I; c0 += WC) {
+    const int cn = std::min(WC, L.I - c0);
+    isa_fns.wino_in(x + c0 * hw, cn, hw, L.hb, L.wb, L.wg.ph, L.wg.pw, L.tw, t_lo, nt, g, v + 16, vs, WP);
+    for (int q = 0; q < 4; ++q) {
+      const Packed& u = L.wu[4 * g + q];
+      float* m = L.wm.data() + (4 * g + q) * ms + size_t(p) * kp * NR;
+      for (int b = 0; b < u.blocks(); ++b)
+        isa_fns.tile(u.block(b) + size_t(c0) * MR, v + q * vs + 16, roff.data(), cn, u.rows(b),
+                     m + size_t(u.row0(b)) * NR, c0 > 0, nt);
+    }
+  }
+}
+
+// S by Winograd, part 2: the output transform of each tile's 2 x 2 outputs into sbuf (per output
+// panel, srow apart).
+void wino_out(Layer& L, size_t srow) {
+  const int npt = (L.tiles + NR - 1) / NR, nb = L.wu[0].blocks(), kp = nb * MR;
+  const size_t ms = size_t(npt) * kp * NR;
+  const int wq = L.pl.wq;
+  pool().run(npt * nb, [&](int t) {
+    const int p = t % npt, b = t / npt, cols = std::min(NR, L.tiles - p * NR);
+    alignas(64) float y4[4 * NR];
+    for (int r = L.wu[0].row0(b); r < L.wu[0].row0(b) + L.wu[0].rows(b); ++r) {
+      isa_fns.wino_out(L.wm.data() + (size_t(p) * kp + r) * NR, ms, cols, y4);
+      float* sr = L.sbuf.data() + size_t(r) * NR;
+      for (int j = 0, ty = p * NR / L.tw, tx = p * NR % L.tw; j < cols; ++j) {
+        for (int a = 0; a < 2 && 2 * ty + a < L.Ho; ++a)
+          for (int c = 0; c < 2 && 2 * tx + c < L.Wo; ++c) {
+            const size_t n = size_t(2 * ty + a) * wq + 2 * tx + c;
+            sr[(n / NR) * srow + n % NR] = y4[(2 * a + c) * NR + j];  // NR: a power of two
+          }
+        if (++tx == L.tw) tx = 0, ++ty;
+      }
+    }
+  });
 }
 
 // One image.
@@ -571,7 +692,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     return in_place(n0, cols, L.I, tail);
   };
   const std::function<Src(size_t)> xs_of = [&](size_t n0) { return x_of(n0, int(std::min<size_t>(NR, hw - n0))); };
-  if (L.ci < 0 && L.xplanes.empty()) {  // all pointwise: one pass over pixels
+  if (L.ci < 0 && L.xplanes.empty() && !L.wino) {  // all pointwise: one pass over pixels
     const int np = int((hw + NR - 1) / NR);
     if (use_stepwise(np)) return stepwise(L, 0, nsteps, x_of, L.kappa ? &xs_of : nullptr, hw, out);
     pool().run(np, [&](int p) {
@@ -583,17 +704,19 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     });
     return;
   }
-  // pass A: the pointwise steps before the windowed one (per input panel), planes of x
+  // pass A: the pointwise steps before the windowed one (per input panel), planes of x or its
+  // Winograd transform (chunks of channels)
   const Planes& pl = L.pl;
   const int pre = std::max(0, L.ci);
   const int np_in = pre > 0 ? int((hw + NR - 1) / NR) : 0;
   const int fill_per = 4;
   const int nfill = L.xplanes.empty() ? 0 : (L.I + fill_per - 1) / fill_per;
+  const int nwino = L.wino ? 4 * ((L.tiles + NR - 1) / NR) : 0;
   Sink to_planes;
   to_planes.pl = &pl;
   to_planes.planes = L.cplanes.data();
   const bool a_stepwise = np_in > 0 && use_stepwise(np_in);
-  pool().run((a_stepwise ? 0 : np_in) + nfill, [&](int t) {
+  pool().run((a_stepwise ? 0 : np_in) + nfill + nwino, [&](int t) {
     if (a_stepwise) t += np_in;
     if (t < np_in) {
       const size_t n0 = size_t(t) * NR;
@@ -604,27 +727,36 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
       return;
     }
     t -= np_in;
-    float* xp = L.xplanes.data();
-    for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c)
-      pl.store_map(xp + size_t(c) * pl.cs, x + size_t(c) * L.hb * L.wb);
+    if (t < nfill) {
+      float* xp = L.xplanes.data();
+      for (int c = t * fill_per; c < std::min(L.I, (t + 1) * fill_per); ++c)
+        pl.store_map(xp + size_t(c) * pl.cs, x + size_t(c) * hw);
+      return;
+    }
+    wino_products(L, x, t - nfill);
   });
   if (a_stepwise) stepwise(L, 0, pre, x_of, nullptr, hw, to_planes);
+  const size_t srow = size_t((L.kappa + MR - 1) / MR * MR) * NR;
+  if (L.wino) wino_out(L, srow);
   // pass B: the windowed step, the steps after it, S, the epilogue (per output panel)
   const size_t ncols = size_t(L.Ho) * pl.wq;
   const int np = int((ncols + NR - 1) / NR);
   out.wq = pl.wq, out.wo = L.Wo;
   const float* cin = L.ci == 0 ? L.xplanes.data() : L.cplanes.data();
+  const bool s_here = L.kappa && !L.wino;  // S computed with the chain (else: already in sbuf)
   if (use_stepwise(np)) {
     const std::function<Src(size_t, int)> c_of = [&](size_t n0, int) { return Src{cin + n0, L.roff_win.data()}; };
     const std::function<Src(size_t)> sp_of = [&](size_t n0) { return Src{L.xplanes.data() + n0, L.roff_win.data()}; };
-    return stepwise(L, L.ci, nsteps, c_of, L.kappa ? &sp_of : nullptr, ncols, out);
+    return stepwise(L, L.ci, nsteps, c_of, s_here ? &sp_of : nullptr, ncols, out);
   }
   pool().run(np, [&](int p) {
     const size_t n0 = size_t(p) * NR;
     const int cols = int(std::min<size_t>(NR, ncols - n0));
     Src s_src{nullptr, nullptr};
-    if (L.kappa) s_src = Src{L.xplanes.data() + n0, L.roff_win.data()};
-    chain(L, L.ci, nsteps, Src{cin + n0, L.roff_win.data()}, s_src, n0, cols, out);
+    if (s_here) s_src = Src{L.xplanes.data() + n0, L.roff_win.data()};
+    Sink o = out;
+    if (L.wino) o.spanel = L.sbuf.data() + p * srow;
+    chain(L, L.ci, nsteps, Src{cin + n0, L.roff_win.data()}, s_src, n0, cols, o);
   });
 }
 
@@ -659,14 +791,16 @@ CEPD_API void* cepd_tts_create(const int64_t* desc, const float* const* weights,
     s.w = pack(weights[wi++], s.cout, kdim);
     L->steps.push_back(std::move(s));
   }
+  const float* s_weights = nullptr;
   if (L->kappa > 0) {
+    s_weights = weights[wi];
     L->s = pack(weights[wi++], L->kappa, L->I * L->g.kh * L->g.kw);
     L->srow.assign(L->O, -1);
     for (int r = 0; r < L->kappa; ++r) L->srow[index[r]] = r;
   }
   if (has_scale) L->scale.assign(weights[wi], weights[wi] + L->O), ++wi;
   if (has_bias) L->bias.assign(weights[wi], weights[wi] + L->O), ++wi;
-  layer_init(*L);
+  layer_init(*L, s_weights);
   return L;
 }
 
@@ -677,6 +811,13 @@ CEPD_API void cepd_tts_set_threads(int n) { pool().resize(n); }
 CEPD_API int cepd_tts_threads() { return pool().size(); }
 
 CEPD_API int cepd_tts_isa() { return isa_level; }  // the tile in use: 2 AVX-512, 1 AVX2, 0 generic
+
+// Winograd for 3x3 stride-1 sparse branches of layers created from now on: 1 where it pays
+// (default), 0 never, 2 always.
+CEPD_API void cepd_tts_use_winograd(int mode) { winograd_mode = std::clamp(mode, 0, 2); }
+
+// Whether a layer runs its sparse branch by Winograd.
+CEPD_API int cepd_tts_winograd(void* handle) { return static_cast<Layer*>(handle)->wino ? 1 : 0; }
 
 // Use a lower instruction set's tile (not while layers run); -1 if this CPU lacks ``level``.
 CEPD_API int cepd_tts_use_isa(int level) {
@@ -689,7 +830,7 @@ CEPD_API int cepd_tts_use_isa(int level) {
 // y (n x O x Ho x Wo) = layer(x (n x I x H x W)) [+ residual (n x O x Ho x Wo)].
 CEPD_API int cepd_tts_run(void* handle, const float* x, const float* residual, float* y, int n) {
   Layer& L = *static_cast<Layer*>(handle);
-  if (L.steps.empty() || (L.ci < 0 && !L.xplanes.empty())) return -1;
+  if (L.steps.empty() || (L.ci < 0 && (!L.xplanes.empty() || L.wino))) return -1;
   std::lock_guard<std::mutex> lock(L.mu);
   const size_t in_n = size_t(L.I) * L.H * L.W, out_n = size_t(L.O) * L.Ho * L.Wo;
   for (int b = 0; b < n; ++b)

@@ -51,12 +51,16 @@ def test_every_tile_build_matches_reference():
     # (pointwise: whole panels take the fused path; 3x3: the split one; stride 2: the phase
     # split and the subsample), against the Plan's reference; the maps end every kind of panel
     # tail: pointwise 10x10 in 4 columns (column tile), 12x12 in 16 (16-column tile), 7x7 in
-    # 17 (both); 3x3 at 7x7 (7 rows of 8) in 24, 12x12 (12 rows of 13) in 28 (a whole tile)
+    # 17 (both); 3x3 at 7x7 (7 rows of 8) in 24, 12x12 (12 rows of 13) in 28 (a whole tile).
+    # Then S by Winograd: 3x3 stride 1, padded and not, maps of 4 to 18 tiles across (two
+    # 16-tile strips) and panels of tiles that start inside a tile row
     kw = dict(cin=16, cout=16, kappa=5, ranks=[0.5], bn=True, act="relu6", seed=3)
     cases = [dict(kernel=(1, 1), stride=1, padding=(0, 0), residual=True, **kw),
              dict(kernel=(3, 3), stride=1, padding=(1, 1), residual=True, **kw),
              dict(kernel=(3, 3), stride=2, padding=(1, 1), residual=False, **kw),
              dict(kernel=(1, 1), stride=2, padding=(0, 0), residual=False, **kw)]  # fmt: skip
+    big = dict(cases[1], cin=32, cout=64, kappa=13, ranks=[0.25], residual=False)
+    wino = [big, dict(big, padding=(0, 0))]
     best = native.isa()
     with pytest.raises(cd.CEPDError, match="not available"):
         native.use_isa("neon")
@@ -65,14 +69,43 @@ def test_every_tile_build_matches_reference():
             native.use_isa(name)
             assert native.isa() == name
             for case, size in itertools.product(cases, (12, 7, 10)):
-                x = np.random.default_rng(size).standard_normal((1, 16, size, size)).astype(np.float32)
-                plan, nodes, x_name, r_name, layer = _plan_layer(case, x.shape, need=_require)
-                env = run_plan(plan, x, keep=True)
-                ref = env[nodes[-1].output].numpy()
-                y = layer(env[x_name].numpy(), env[r_name].numpy() if r_name else None)
-                assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6, (name, case["kernel"], size)
+                _check_layer(case, size, name)
+            native.use_winograd("always")
+            for case, size in itertools.product(wino, (9, 14, 36)):
+                assert _check_layer(case, size, name).winograd
+            native.use_winograd("auto")
     finally:
         native.use_isa(best)
+        native.use_winograd("auto")
+
+
+def _check_layer(case: dict, size: int, name: str) -> native.NativeLayer:
+    x = np.random.default_rng(size).standard_normal((1, case["cin"], size, size)).astype(np.float32)
+    plan, nodes, x_name, r_name, layer = _plan_layer(case, x.shape, need=_require)
+    env = run_plan(plan, x, keep=True)
+    ref = env[nodes[-1].output].numpy()
+    y = layer(env[x_name].numpy(), env[r_name].numpy() if r_name else None)
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6, (name, case["kernel"], size)
+    return layer
+
+
+def test_winograd_where_it_pays():
+    # auto: 3x3 stride-1 sparse branches of 12 filters or more on maps of 2x2 tiles that do not
+    # overhang much (14x14, not 7x7); never: none
+    case = dict(cin=16, cout=64, kernel=(3, 3), stride=1, padding=(1, 1), kappa=13, ranks=[0.5], bn=False,
+                residual=False, act="relu", seed=1)  # fmt: skip
+    layer = lambda c, size: _plan_layer(c, (1, 16, size, size), need=_require)[-1]  # noqa: E731
+    assert layer(case, 14).winograd
+    assert not layer(case, 7).winograd
+    assert not layer(dict(case, kappa=6), 14).winograd
+    assert not layer(dict(case, stride=2), 14).winograd
+    try:
+        native.use_winograd("never")
+        assert not layer(case, 14).winograd
+    finally:
+        native.use_winograd("auto")
+    with pytest.raises(cd.CEPDError, match="Winograd mode"):
+        native.use_winograd("sometimes")
 
 
 def _require(ok: bool) -> None:
@@ -90,14 +123,19 @@ def cases(draw):
                 ranks=[draw(st.floats(0.05, 1.0))], bn=draw(st.booleans()), residual=residual,
                 act=draw(st.sampled_from([None, "relu", "relu6"])), seed=draw(st.integers(0, 99)),
                 size=draw(st.integers(max(k) + 1, 40)), batch=draw(st.sampled_from([1, 3])),
-                threads=draw(st.sampled_from([1, 2])))  # fmt: skip
+                threads=draw(st.sampled_from([1, 2])),
+                winograd=draw(st.sampled_from(["auto", "always"])))  # fmt: skip
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_native_layer_matches_reference(case):
     shape = (case["batch"], case["cin"], case["size"], case["size"])
-    plan, nodes, x_name, r_name, layer = _plan_layer(case, shape)
+    native.use_winograd(case["winograd"])
+    try:
+        plan, nodes, x_name, r_name, layer = _plan_layer(case, shape)
+    finally:
+        native.use_winograd("auto")
     native.set_threads(case["threads"])
     x = np.random.default_rng(case["seed"]).standard_normal(shape).astype(np.float32)
     env = run_plan(plan, x, keep=True)

@@ -57,6 +57,8 @@ def _lib() -> ctypes.CDLL:
     lib.cepd_tts_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_int]  # fmt: skip
     lib.cepd_tts_set_threads.argtypes = [ctypes.c_int]
+    lib.cepd_tts_use_winograd.argtypes = [ctypes.c_int]
+    lib.cepd_tts_winograd.argtypes = [ctypes.c_void_p]
     return lib
 
 
@@ -82,6 +84,17 @@ def use_isa(name: str) -> None:
     for tests and comparisons, not while layers run."""
     if name not in ISAS or _lib().cepd_tts_use_isa(ISAS.index(name)) != 0:
         raise CEPDError(f"instruction set {name!r} is not available on this CPU (the kernel has {ISAS})")
+
+
+WINOGRAD = ("never", "auto", "always")  # when a 3x3 stride-1 sparse branch runs as Winograd F(2x2, 3x3)
+
+
+def use_winograd(mode: str) -> None:
+    """For layers created from now on: run 3x3 stride-1 sparse branches by Winograd F(2x2, 3x3)
+    "auto" (where it pays, the default), "never" or "always" (tests and comparisons)."""
+    if mode not in WINOGRAD:
+        raise CEPDError(f"Winograd mode must be one of {WINOGRAD}, got {mode!r}")
+    _lib().cepd_tts_use_winograd(WINOGRAD.index(mode))
 
 
 def supported(st: dict) -> str | None:
@@ -139,6 +152,11 @@ class NativeLayer:
         self._handle = self._lib.cepd_tts_create(
             desc.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), ptrs,
             idx.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)))  # fmt: skip
+
+    @property
+    def winograd(self) -> bool:
+        """Whether this layer's sparse branch runs by Winograd."""
+        return bool(self._lib.cepd_tts_winograd(self._handle))
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
