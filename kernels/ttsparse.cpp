@@ -1,12 +1,12 @@
 // TTSparseConv: one CEPD conv (TT chain of 1x1 / KxK steps + filter-sparse branch) on the CPU.
 //
-// float32, NCHW, batch >= 1. A layer is created once (weights packed into 6-row blocks), then
-// run any number of times.
+// float32, NCHW, batch >= 1. A layer is created once (weights packed into balanced blocks of at
+// most 6 rows), then run any number of times.
 // GEMMs run on 6 x 32 register tiles (narrower on a panel's tail; AVX-512: 12 zmm accumulators;
-// the AVX2 and generic builds split the same vectors) whose B rows are read in place through row offsets (no packing of
-// activations). The tile is compiled once per instruction set (tile_*.cpp, target set per file)
-// and picked by cpuid when the library loads, so one build runs on machines with and without
-// AVX-512.
+// the AVX2 and generic builds split the same vectors) whose B rows are read in place through
+// row offsets (no packing of activations). The tile is compiled once per instruction set
+// (tile_*.cpp, target set per file) and picked by cpuid when the library loads, so one build
+// runs on machines with and without AVX-512.
 // The whole chain is fused per panel of 32 pixels: each step's 6 x 32 tiles land in a small
 // per-thread panel buffer that is the next step's B (it stays in L1), the sparse branch S runs on
 // the same panel, and the last step's tile epilogue does scale, bias, the sparse scatter-add,
@@ -14,10 +14,13 @@
 // dispatch each): pass A runs the 1x1 steps before the KxK step per input panel and writes
 // into a zero-padded, stride-phase-split copy ("planes"; also of x for S), pass B runs the KxK
 // step, the steps after it, S and the epilogue per output panel. A strided window is read
-// from the phase planes, so no im2col is ever built. With few panels (small maps) the chain runs
-// step by step instead (one dispatch per step, tasks over panels x row blocks), so both threads
-// stay busy. The planes and per-panel buffers belong to the layer (reused across runs); the
-// thread pool spins briefly after each job so back-to-back dispatches are cheap.
+// from the phase planes, so no im2col is ever built. A 3x3 stride-1 S where it pays runs as a
+// Winograd F(2x2, 3x3) conv instead: its products join pass A, one more dispatch transforms
+// them into S's panels. With few panels (small maps) the chain runs step by step instead (one
+// dispatch per step, tasks over panels x row blocks), so both threads stay busy. The planes
+// and per-panel buffers belong to the layer (reused across runs); the thread pool spins briefly
+// after each job so back-to-back dispatches are cheap, and hands tasks out from both ends (the
+// caller the front, workers the back) so each thread keeps one part of the map.
 //
 // C ABI (ctypes): cepd_tts_create / cepd_tts_run / cepd_tts_destroy / cepd_tts_set_threads.
 
@@ -491,13 +494,14 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
     const int nbs = ((k == s0 && s_of && !s_alone) || s_only) ? L.s.blocks() : 0;
     const int units = (s_only ? 0 : w.blocks()) + nbs;
     // many row blocks: tasks = chunks of blocks over all panels (each thread reads its own slice
-    // of the weights once); few: tasks = (panel, block). A deep K read from x in place (a
-    // pointwise layer's first step; x's rows lie far apart): tasks = (panel, 1/threads of the
-    // blocks), so each K chunk of the panel's rows is read into L1 once for many blocks (a
-    // 1024 -> 32 + S 26 step at 14x14: 9-20% faster, a 2048 one at 7x7 18%)
+    // of the weights once); few: tasks = (panel, block), so that no task is a large share of the
+    // step (S's 9 blocks of 4608 at 7x7 as 9 tasks left a thread idle 46 us). A deep K read from
+    // x in place (a pointwise layer's first step; x's rows lie far apart): tasks = (panel,
+    // 1/(2 threads) of the blocks), so each K chunk of the panel's rows is read into L1 once for
+    // many blocks (a 1024 -> 32 + S 26 step at 14x14: 9-20% faster, a 2048 one at 7x7 18%)
     const bool deep = L.ci < 0 && k <= s0 && std::max(w.K, nbs ? L.s.K : 0) > KC + KC / 2;
-    const bool by_rows = !deep && units >= 4 * threads;
-    const int per = deep ? (units + threads - 1) / threads
+    const bool by_rows = !deep && units >= 8 * threads;
+    const int per = deep ? (units + 2 * threads - 1) / (2 * threads)
                          : by_rows ? (units + 6 * threads - 1) / (6 * threads) : 1;
     const int nchunks = (units + per - 1) / per;
     const float* in = L.mid[(k - s0 + 1) & 1].data();
@@ -630,6 +634,18 @@ void wino_products(Layer& L, const float* x, int task) {
   }
 }
 
+// The order of part 1's tasks: a short last panel of tiles (49 tiles: 32 + 17) in the middle,
+// whole ones at both ends, so each thread starts on long tasks and the short ones fill in.
+int wino_order(const Layer& L, int t) {
+  const int npt = (L.tiles + NR - 1) / NR;
+  if (npt < 2 || L.tiles % NR == 0) return t;
+  const int nfull = 4 * (npt - 1), half = nfull / 2;  // tasks are p + npt * g
+  auto full = [&](int i) { return i / 4 + npt * (i % 4); };
+  if (t < half) return full(t);
+  if (t < half + 4) return npt - 1 + npt * (t - half);
+  return full(t - 4);
+}
+
 // S by Winograd, part 2: the output transform of each tile's 2 x 2 outputs into sbuf (per output
 // panel, srow apart).
 void wino_out(Layer& L, size_t srow) {
@@ -695,12 +711,19 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
   if (L.ci < 0 && L.xplanes.empty() && !L.wino) {  // all pointwise: one pass over pixels
     const int np = int((hw + NR - 1) / NR);
     if (use_stepwise(np)) return stepwise(L, 0, nsteps, x_of, L.kappa ? &xs_of : nullptr, hw, out);
-    pool().run(np, [&](int p) {
+    // one GEMM and no S (a dense 1x1 conv): tasks are half panels (half the row blocks each), so
+    // an odd number of panels does not leave a thread idle for a whole panel at the end
+    const int halves = nsteps == 1 && !L.kappa && L.steps[0].w.blocks() > 1 ? 2 : 1;
+    pool().run(np * halves, [&](int t) {
+      const int p = t / halves, nb = L.steps[0].w.blocks();
       const size_t n0 = size_t(p) * NR;
       const int cols = int(std::min<size_t>(NR, hw - n0));
       float* tail = nullptr;
       Src src = in_place(n0, cols, L.I, tail);
-      chain(L, 0, nsteps, src, L.kappa ? src : Src{nullptr, nullptr}, n0, cols, out);
+      if (halves == 1) return chain(L, 0, nsteps, src, L.kappa ? src : Src{nullptr, nullptr}, n0, cols, out);
+      const int h = t % halves;
+      step_to_sink(L.steps[0].w, src, n0, cols, out, thread_scratch(layer_scratch(L)) + 3 * size_t(L.max_rows) * NR,
+                   nb * h / halves, nb * (h + 1) / halves);
     });
     return;
   }
@@ -733,7 +756,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
         pl.store_map(xp + size_t(c) * pl.cs, x + size_t(c) * hw);
       return;
     }
-    wino_products(L, x, t - nfill);
+    wino_products(L, x, wino_order(L, t - nfill));
   });
   if (a_stepwise) stepwise(L, 0, pre, x_of, nullptr, hw, to_planes);
   const size_t srow = size_t((L.kappa + MR - 1) / MR * MR) * NR;

@@ -214,3 +214,21 @@ def test_onnxruntime_native_session():
     assert all(c.ok for c in checks)
     sess = build_session(fused, threads=2, native=True)
     assert len(sess.cepd_native_layers) == cepd_layers
+
+
+def test_dense_pointwise_layer_matches_numpy():
+    # one GEMM, no S (a dense 1x1 conv moved onto the kernel): tasks are half panels; 13 panels
+    # at 20x20, a tail of 16 columns, one and two threads
+    cin, cout, size = 24, 40, 20
+    st_ = {"in_shape": [1, cin, size, size], "out_shape": [1, cout, size, size], "subsample": [1, 1],
+           "kappa": 0, "steps": [{"op": "matmul", "outer": 1, "inner": 1, "cin": cin, "cout": cout}],
+           "s_conv": None, "scale": False, "bias": True, "residual": True, "act": "relu"}  # fmt: skip
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal((cout, cin)).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((2, cin, size, size)).astype(np.float32)
+    r = rng.standard_normal((2, cout, size, size)).astype(np.float32)
+    ref = np.maximum(np.einsum("oi,nihw->nohw", w, x) + b[:, None, None] + r, 0)
+    layer = native.NativeLayer(st_, [w, b])
+    for threads in (1, 2):
+        native.set_threads(threads)
+        assert np.abs(layer(x, r) - ref).max() <= 1e-4 * np.abs(ref).max()
