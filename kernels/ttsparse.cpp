@@ -529,10 +529,10 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
   }
 }
 
-// Winograd for S (3x3 stride-1 windows): 1 auto (where it pays: in whole ResNet-50 runs it saved
-// 6% of each 14 x 14 and 28 x 28 layer with 13-26 filters, but cost 3% at 7 x 7, where 2 x 2
-// tiles overhang the map, and 10% with 6-7 filters, too few to pay for x's transform), 0 never,
-// 2 always (tests).
+// Winograd for S (3x3 stride-1 windows): 1 auto (where it pays: in whole ResNet-50 runs it took
+// 10-13% off each 14 x 14 layer with 26 filters and 3-4% off each 28 x 28 one with 13, but cost
+// 3% at 7 x 7, where 2 x 2 tiles overhang the map, and 10% with 6-7 filters, too few to pay for
+// x's transform), 0 never, 2 always (tests).
 int winograd_mode = 1;
 constexpr int WC = 64;  // channels per chunk of x's transform (4 x WC rows of WP floats)
 constexpr int WP = 64;  // a row of the transform: 16 floats of slack, NR tiles, 16 of slack
@@ -727,8 +727,8 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     });
     return;
   }
-  // pass A: the pointwise steps before the windowed one (per input panel), planes of x or its
-  // Winograd transform (chunks of channels)
+  // pass A: the pointwise steps before the windowed one (per input panel), planes of x (chunks
+  // of channels) or S's Winograd products (per panel of tiles and row of B^T)
   const Planes& pl = L.pl;
   const int pre = std::max(0, L.ci);
   const int np_in = pre > 0 ? int((hw + NR - 1) / NR) : 0;
