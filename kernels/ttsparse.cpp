@@ -349,6 +349,11 @@ struct Layer {
   std::vector<Packed> wu;
   std::vector<float> wm;
   std::mutex mu;
+
+  int s_rows() const { return (kappa + MR - 1) / MR * MR; }  // S's rows in whole blocks
+  size_t s_panel() const { return size_t(s_rows()) * NR; }    // S of one panel (sbuf, wm)
+  int tile_panels() const { return (tiles + NR - 1) / NR; }   // Winograd: panels of NR tiles
+  size_t wm_xi() const { return tile_panels() * s_panel(); }  // Winograd: one M[xi] in wm
 };
 
 using Src = std::pair<const float*, const int64_t*>;  // B rows: base + roff[k]
@@ -480,7 +485,7 @@ void chain(const Layer& L, int s0, int s1, Src src, Src s_src, size_t n0, int co
 void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& src_of,
               const std::function<Src(size_t)>* s_of, size_t ncols, Sink sink) {
   const int np = int((ncols + NR - 1) / NR);
-  const size_t prow = size_t(L.max_rows) * NR, srow = size_t((L.kappa + MR - 1) / MR * MR) * NR;
+  const size_t prow = size_t(L.max_rows) * NR, srow = L.s_panel();
   for (auto& b : L.mid)
     if (b.size() < np * prow) b.resize(np * prow);
   if (s_of && L.sbuf.size() < np * srow) L.sbuf.resize(np * srow);
@@ -546,7 +551,7 @@ void wino_init(Layer& L, const float* sw) {
   const bool pays = L.kappa >= 2 * MR && 16.0 * L.tiles <= 0.5 * 9.0 * L.Ho * L.Wo;
   if (winograd_mode == 1 && !pays) return;
   L.wino = true;
-  const int I = L.I, kp = (L.kappa + MR - 1) / MR * MR;
+  const int I = L.I;
   const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
   std::vector<float> u(size_t(16) * L.kappa * I);
   for (int k = 0; k < L.kappa; ++k)
@@ -560,8 +565,7 @@ void wino_init(Layer& L, const float* sw) {
           u[(size_t(4 * p + q) * L.kappa + k) * I + c] = gg[p][0] * G[q][0] + gg[p][1] * G[q][1] + gg[p][2] * G[q][2];
     }
   for (int xi = 0; xi < 16; ++xi) L.wu.push_back(pack(u.data() + size_t(xi) * L.kappa * I, L.kappa, I));
-  const int npt = (L.tiles + NR - 1) / NR;
-  L.wm.assign(size_t(16) * npt * kp * NR, 0.0f);
+  L.wm.assign(16 * L.wm_xi(), 0.0f);
 }
 
 void layer_init(Layer& L, const float* s_weights) {
@@ -601,7 +605,7 @@ void layer_init(Layer& L, const float* s_weights) {
   }
   if (L.wino) {
     const size_t np = (size_t(L.Ho) * L.pl.wq + NR - 1) / NR;
-    L.sbuf.assign(np * size_t((L.kappa + MR - 1) / MR * MR) * NR, 0.0f);
+    L.sbuf.assign(np * L.s_panel(), 0.0f);
   }
 }
 
@@ -609,11 +613,11 @@ void layer_init(Layer& L, const float* s_weights) {
 // products M[xi] = U[xi] V[xi], xi = 4 g .. 4 g + 3, V (x's transform) made WC channels at a
 // time into a per-thread buffer, M accumulated in place in wm.
 void wino_products(Layer& L, const float* x, int task) {
-  const int npt = (L.tiles + NR - 1) / NR, kp = L.wu[0].blocks() * MR;
+  const int npt = L.tile_panels();
   const int p = task % npt, g = task / npt, t_lo = p * NR, nt = std::min(NR, L.tiles - t_lo);
   // the 4 copies of V a little more than WC x WP apart: at a power-of-two distance the 4 stores
   // of each channel would share one L1 set
-  const size_t ms = size_t(npt) * kp * NR, vs = size_t(WC) * WP + 80;
+  const size_t ms = L.wm_xi(), vs = size_t(WC) * WP + 80;
   static const std::vector<int64_t> roff = [] {
     std::vector<int64_t> r(WC);
     for (int k = 0; k < WC; ++k) r[k] = int64_t(k) * WP;
@@ -626,7 +630,7 @@ void wino_products(Layer& L, const float* x, int task) {
     isa_fns.wino_in(x + c0 * hw, cn, hw, L.hb, L.wb, L.wg.ph, L.wg.pw, L.tw, t_lo, nt, g, v + 16, vs, WP);
     for (int q = 0; q < 4; ++q) {
       const Packed& u = L.wu[4 * g + q];
-      float* m = L.wm.data() + (4 * g + q) * ms + size_t(p) * kp * NR;
+      float* m = L.wm.data() + (4 * g + q) * ms + p * L.s_panel();
       for (int b = 0; b < u.blocks(); ++b)
         isa_fns.tile(u.block(b) + size_t(c0) * MR, v + q * vs + 16, roff.data(), cn, u.rows(b),
                      m + size_t(u.row0(b)) * NR, c0 > 0, nt);
@@ -637,7 +641,7 @@ void wino_products(Layer& L, const float* x, int task) {
 // The order of part 1's tasks: a short last panel of tiles (49 tiles: 32 + 17) in the middle,
 // whole ones at both ends, so each thread starts on long tasks and the short ones fill in.
 int wino_order(const Layer& L, int t) {
-  const int npt = (L.tiles + NR - 1) / NR;
+  const int npt = L.tile_panels();
   if (npt < 2 || L.tiles % NR == 0) return t;
   const int nfull = 4 * (npt - 1), half = nfull / 2;  // tasks are p + npt * g
   auto full = [&](int i) { return i / 4 + npt * (i % 4); };
@@ -648,15 +652,14 @@ int wino_order(const Layer& L, int t) {
 
 // S by Winograd, part 2: the output transform of each tile's 2 x 2 outputs into sbuf (per output
 // panel, srow apart).
-void wino_out(Layer& L, size_t srow) {
-  const int npt = (L.tiles + NR - 1) / NR, nb = L.wu[0].blocks(), kp = nb * MR;
-  const size_t ms = size_t(npt) * kp * NR;
-  const int wq = L.pl.wq;
+void wino_out(Layer& L) {
+  const int npt = L.tile_panels(), nb = L.wu[0].blocks(), wq = L.pl.wq;
+  const size_t ms = L.wm_xi(), srow = L.s_panel();
   pool().run(npt * nb, [&](int t) {
     const int p = t % npt, b = t / npt, cols = std::min(NR, L.tiles - p * NR);
     alignas(64) float y4[4 * NR];
     for (int r = L.wu[0].row0(b); r < L.wu[0].row0(b) + L.wu[0].rows(b); ++r) {
-      isa_fns.wino_out(L.wm.data() + (size_t(p) * kp + r) * NR, ms, cols, y4);
+      isa_fns.wino_out(L.wm.data() + p * srow + size_t(r) * NR, ms, cols, y4);
       float* sr = L.sbuf.data() + size_t(r) * NR;
       for (int j = 0, ty = p * NR / L.tw, tx = p * NR % L.tw; j < cols; ++j) {
         for (int a = 0; a < 2 && 2 * ty + a < L.Ho; ++a)
@@ -734,7 +737,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
   const int np_in = pre > 0 ? int((hw + NR - 1) / NR) : 0;
   const int fill_per = 4;
   const int nfill = L.xplanes.empty() ? 0 : (L.I + fill_per - 1) / fill_per;
-  const int nwino = L.wino ? 4 * ((L.tiles + NR - 1) / NR) : 0;
+  const int nwino = L.wino ? 4 * L.tile_panels() : 0;
   Sink to_planes;
   to_planes.pl = &pl;
   to_planes.planes = L.cplanes.data();
@@ -759,8 +762,8 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     wino_products(L, x, wino_order(L, t - nfill));
   });
   if (a_stepwise) stepwise(L, 0, pre, x_of, nullptr, hw, to_planes);
-  const size_t srow = size_t((L.kappa + MR - 1) / MR * MR) * NR;
-  if (L.wino) wino_out(L, srow);
+  const size_t srow = L.s_panel();
+  if (L.wino) wino_out(L);
   // pass B: the windowed step, the steps after it, S, the epilogue (per output panel)
   const size_t ncols = size_t(L.Ho) * pl.wq;
   const int np = int((ncols + NR - 1) / NR);
