@@ -1,10 +1,11 @@
 """The models and sessions of the ONNX benchmark: dense ResNet-50 vs CEPD at three FLOPs points.
 
 CEPD models come from ``convert`` (direct method, sparsity 0.9, o-k-i) and are cached under
-``benchmarks/out/``. Two allocations of the same FLOPs target: ``uniform`` (one cost ratio for
-every layer, ranks in multiples of ``rank_multiple``) and ``ort-latency`` (the layers and ranks
-with the least measured onnxruntime latency on this machine, ranks in multiples of 16, see
-``cepd_deploy.targets.onnx.latency``; the first run measures every layer option, ~1 min).
+``benchmarks/out/``. Allocations of the same FLOPs target: ``uniform`` (one cost ratio for
+every layer, ranks in multiples of ``rank_multiple``), ``ort-latency`` and ``library-latency``
+(the layers and ranks with the least measured latency on this machine, on stock onnxruntime or
+on the custom-op library, ranks in multiples of 16, see ``cepd_deploy.targets.onnx.latency``;
+the first run measures every layer option, under a minute each).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def cepd_resnet50(flops: float, rank_multiple: int = 1, allocation: str = "unifo
     """A CEPD ResNet-50 at a FLOPs target (cached on disk)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     kw = allocation_kwargs(allocation, threads) or {"rank_multiple": rank_multiple}
-    name = f"lat{threads}" if allocation == "ort-latency" else f"r{rank_multiple}"
+    tags = {"ort-latency": f"lat{threads}", "library-latency": f"lib{threads}"}
+    name = tags.get(allocation, f"r{rank_multiple}")
     path = CACHE / f"resnet50_f{flops:.3f}_{name}.pt"
     if path.exists():
         return cd.load(path)

@@ -1,5 +1,5 @@
 """Dense ResNet-50 on onnxruntime vs CEPD ResNet-50 (portable, fused, fused on the native
-kernel; uniform and onnxruntime-latency-aware rank allocation) and eager torch (dense, CEPD,
+kernel; uniform and latency-aware rank allocations) and eager torch (dense, CEPD,
 CEPD on the native kernel).
 
     python benchmarks/onnx_resnet50.py -o benchmarks/out/onnx_resnet50.json [--rank-multiple 16]

@@ -67,14 +67,16 @@ def test_bad_file_is_one_line(tmp_path):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_convert_with_onnxruntime_latency_allocation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("allocation, cache", [("ort-latency", "onnx-latency"),
+                                               ("library-latency", "library-latency")])
+def test_convert_with_a_latency_allocation(tmp_path, monkeypatch, allocation, cache):
     monkeypatch.setenv("CEPD_DEPLOY_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r20.pt"
-    done = _run("convert", "--arch", "resnet20", "--flops-remaining", "0.7", "--allocation", "ort-latency",
+    done = _run("convert", "--arch", "resnet20", "--flops-remaining", "0.7", "--allocation", allocation,
                 "--threads", "1", "-o", str(out), "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["totals"]["flops_remaining"] == pytest.approx(0.7, abs=0.01)
-    assert list((tmp_path / "cache").glob("onnx-latency-*.json"))
+    assert list((tmp_path / "cache").glob(f"{cache}-*.json"))
     bad = _run("convert", "--arch", "resnet20", "--flops-remaining", "0.7", "--rank-multiple", "0",
                "-o", str(tmp_path / "x.pt"))  # fmt: skip
     assert bad.returncode == 2 and "rank-multiple" in bad.stderr and not (tmp_path / "x.pt").exists()

@@ -69,3 +69,35 @@ def test_measured_onnxruntime_latency_is_cached(tmp_path):
     for m in model.modules():
         if type(m).__name__ == "CEPDConv2d":
             assert all(r % 16 == 0 or r == mx for r, mx in zip(m.spec.ranks, m.spec.layout.max_ranks))
+
+
+def test_library_latency_keeps_the_first_stage_dense_and_is_cached(tmp_path):
+    from cepd_deploy.targets.onnx.latency import LibraryLatency
+
+    cache = tmp_path / "lib.json"
+    lat = LibraryLatency(threads=1, repeats=3, cache=cache)
+    model = convert(build_model("resnet20"), flops_remaining=0.7, latency=lat, rank_multiple=4)
+    assert _flops(model) == pytest.approx(0.7, abs=0.01)
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if n.count(".") == 2 and "conv" in n}
+    first = [n for n in kinds if n.startswith("layer1.")]
+    assert first and all(kinds[n] == "Conv2d" for n in first)  # 32x32 outputs: the stem's resolution
+    assert any(k == "CEPDConv2d" for k in kinds.values())
+    timed = [(json.loads(k), v) for k, v in json.loads(cache.read_text()).items()]
+    cepd = [(p[6][2:], p[3]) for (p, ranks), _ in timed if ranks is not None]
+    assert cepd and ([32, 32], [1, 1]) not in cepd  # no first-stage CEPD option was timed
+    assert lat.measured == len(timed) and all(v > 0 for _, v in timed)
+    again = LibraryLatency(threads=1, repeats=3, cache=cache)
+    convert(build_model("resnet20"), flops_remaining=0.7, latency=again, rank_multiple=4)
+    assert again.measured == 0
+
+
+def test_library_latency_needs_the_library(monkeypatch):
+    from cepd_deploy.errors import CEPDError
+    from cepd_deploy.targets.onnx import ort_library
+    from cepd_deploy.targets.onnx.latency import LibraryLatency, allocation_kwargs
+
+    monkeypatch.setattr(ort_library, "available", lambda: False)
+    with pytest.raises(CEPDError, match="custom-op library"):
+        allocation_kwargs("library-latency")
+    with pytest.raises(CEPDError, match="custom-op library"):
+        LibraryLatency()

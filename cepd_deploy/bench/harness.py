@@ -53,8 +53,9 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
                    allocation: str = "uniform", threads: int = 2) -> list[Variant]:  # fmt: skip
     """The dense model and one CEPD conversion per FLOPs point, with their Plans.
 
-    ``allocation``: "uniform" (``convert``'s default) or "ort-latency" (the least measured
-    onnxruntime latency at ``threads`` threads; labels get a ``-lat`` suffix).
+    ``allocation``: "uniform" (``convert``'s default), "ort-latency" or "library-latency" (the
+    least measured latency at ``threads`` threads on stock onnxruntime or on the custom-op
+    library; labels get a ``-lat`` / ``-lib`` suffix).
     """
     from cepd_deploy import build_model, convert, lower
     from cepd_deploy.model.zoo import input_shape
@@ -62,7 +63,7 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     from cepd_deploy.targets.onnx.latency import allocation_kwargs
 
     kw = allocation_kwargs(allocation, threads)
-    suffix = "-lat" if kw else ""
+    suffix = {"uniform": "", "ort-latency": "-lat", "library-latency": "-lib"}[allocation]
     shape = (batch, *input_shape(arch))
     base = build_model(arch).eval()
     out = []

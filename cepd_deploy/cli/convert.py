@@ -30,12 +30,13 @@ def register(sub) -> None:
     p.add_argument("--convert-first", action="store_true", help="also convert the first conv")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="how a FLOPs/params target is spread over layers: uniform (one cost ratio for "
-                   "all, default) or ort-latency (the layers and ranks with the least measured "
-                   "onnxruntime latency on this machine; ranks in multiples of 16; measures each "
-                   "layer option once, cached)")
+                   "all, default), ort-latency (the layers and ranks with the least measured "
+                   "onnxruntime latency on this machine, portable export) or library-latency (the "
+                   "same on the custom-op library, first stage kept dense); ranks in multiples of "
+                   "16; each layer option is measured once, cached")
     p.add_argument("--rank-multiple", type=int, default=None,
-                   help="allocate ranks in multiples of this (default 1; 16 with ort-latency)")
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads for ort-latency (default 2)")
+                   help="allocate ranks in multiples of this (default 1; 16 with a latency allocation)")
+    p.add_argument("--threads", type=int, default=2, help="threads for a latency allocation (default 2)")
     p.add_argument("-o", "--output", required=True, help="output model file (.pt)")
     add_json_arg(p)
     p.set_defaults(func=run)

@@ -12,6 +12,9 @@ so a second conversion of the same architecture measures nothing.
 Not modelled: the residual add of a layer (it adds the same work to every option) and effects
 between layers (a layer's input arriving in onnxruntime's blocked layout or not).
 
+:class:`LibraryLatency` times the same probes on the custom-op library (the fused export with
+``TTSparseConv`` in C++), for models deployed that way; it keeps the first stage dense (see there).
+
 >>> lat = OrtLatency(threads=2)                                    # doctest: +SKIP
 >>> convert(model, flops_remaining=0.461, latency=lat, rank_multiple=16)   # doctest: +SKIP
 """
@@ -36,21 +39,23 @@ from torch import nn
 from cepd_deploy.cache import cache_root
 from cepd_deploy.errors import CEPDError
 
-#: Rank allocations ``convert`` offers through the CLI: uniform, or the least onnxruntime latency.
-ALLOCATIONS = ("uniform", "ort-latency")
+#: Rank allocations ``convert`` offers through the CLI: uniform, or the least measured latency on
+#: stock onnxruntime (the portable export) or on the custom-op library.
+ALLOCATIONS = ("uniform", "ort-latency", "library-latency")
 ROUNDS = 5  # measuring passes over all options (see OrtLatency._measure)
 
 
 def allocation_kwargs(allocation: str, threads: int = 2) -> dict:
     """``convert`` keyword arguments for an allocation name: none for "uniform"; for
-    "ort-latency" an :class:`OrtLatency` at ``threads`` threads and ranks in multiples of
-    onnxruntime's channel block."""
+    "ort-latency" / "library-latency" an :class:`OrtLatency` / :class:`LibraryLatency` at
+    ``threads`` threads and ranks in multiples of onnxruntime's channel block."""
     if allocation == "uniform":
         return {}
-    if allocation == "ort-latency":
+    if allocation in ("ort-latency", "library-latency"):
         from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
 
-        return dict(latency=OrtLatency(threads=threads), rank_multiple=CHANNEL_BLOCK)
+        cls = OrtLatency if allocation == "ort-latency" else LibraryLatency
+        return dict(latency=cls(threads=threads), rank_multiple=CHANNEL_BLOCK)
     raise CEPDError(f"unknown allocation {allocation!r}: {' or '.join(ALLOCATIONS)}")
 
 
@@ -93,13 +98,16 @@ class OrtLatency:
     ``probe`` is a :class:`cepd_deploy.model.convert.LayerProbe`; ``ranks`` None means dense.
     """
 
+    name = "onnx-latency"  # the cache file's prefix
+
     def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None) -> None:
         import onnxruntime as ort
 
         self.threads, self.repeats = int(threads), int(repeats)
-        key = json.dumps([_cpu_name(), ort.__version__, self.threads, os.cpu_count(), _source_digest()])
+        key = json.dumps([_cpu_name(), ort.__version__, self.threads, os.cpu_count(), _source_digest(),
+                          *self._runtime_key()])  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        self.path = cache or cache_root() / f"onnx-latency-{digest}.json"
+        self.path = cache or cache_root() / f"{self.name}-{digest}.json"
         self.table: dict[str, float] = {}
         if self.path.is_file():
             try:
@@ -110,6 +118,15 @@ class OrtLatency:
 
     def __call__(self, probe, ranks: tuple[int, ...] | None) -> float:
         return self.many([(probe, ranks)])[0]
+
+    def _runtime_key(self) -> list:
+        """What else the measurements depend on (part of the cache key)."""
+        return []
+
+    def _session(self, plan):
+        from cepd_deploy.targets.onnx import build_session, to_model
+
+        return build_session(to_model(plan), self.threads)
 
     def many(self, options: list[tuple]) -> list[float]:
         """Latencies of ``(probe, ranks)`` pairs; the ones not in the cache are measured together
@@ -136,7 +153,6 @@ class OrtLatency:
         from tqdm import tqdm
 
         from cepd_deploy.plan.lower import lower
-        from cepd_deploy.targets.onnx import build_session, to_model
 
         runs = []
         for probe, ranks in tqdm(options, desc="latency probes", unit="option", leave=False, mininterval=1.0,
@@ -144,7 +160,7 @@ class OrtLatency:
             shape = (1, *probe.in_shape[1:])
             plan = lower(_Probe(_probe_conv(probe, ranks), probe.act).eval(), shape)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-            runs.append((build_session(to_model(plan), self.threads), {plan.input: x}))
+            runs.append((self._session(plan), {plan.input: x}))
         per_pass = max(1, self.repeats // ROUNDS)
         best = [math.inf] * len(runs)
         for _ in tqdm(range(ROUNDS), desc="latency passes", leave=False, disable=None):
@@ -157,6 +173,60 @@ class OrtLatency:
                     times.append(time.perf_counter() - t)
                 best[i] = min(best[i], statistics.median(times) * 1e3)
         return best
+
+
+class LibraryLatency(OrtLatency):
+    """:class:`OrtLatency` on the custom-op library: each probe is the fused export run with
+    ``TTSparseConv`` in C++ (a dense probe runs onnxruntime's conv); the cache key adds the
+    library file's digest, so a rebuilt kernel is measured again.
+
+    The first stage stays dense: :meth:`many` reports no CEPD option for a conv whose output map
+    is as large as the largest input map among the options it is asked about (the stem's output,
+    ResNet-50's 56x56 layer1). Measured in whole ResNet-50 runs, such layers took 1.6-2x their
+    single-layer time when compressed: their 3.2 MB outputs and residuals arrive cold from the
+    previous layer (a probe runs hot), and each one between onnxruntime's dense convs adds layout
+    reorders and moves data between cores. Allocations from these tables that compressed them were
+    9-13% slower than ``OrtLatency``'s at 37.1% FLOPs; keeping them dense, 2-5% faster at 66.3%,
+    46.1% and 37.1% (the same runs).
+    """
+
+    name = "library-latency"
+
+    def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None) -> None:
+        from cepd_deploy.targets.onnx import ort_library
+
+        if not ort_library.available():
+            raise CEPDError("library-latency needs the custom-op library, which is not built here "
+                            "(use ort-latency)")  # fmt: skip
+        super().__init__(threads, repeats, cache)
+
+    def __call__(self, probe, ranks: tuple[int, ...] | None) -> float:
+        return super().many([(probe, ranks)])[0]  # one probe: no stage to speak of
+
+    def many(self, options: list[tuple]) -> list[float]:
+        """Latencies of ``(probe, ranks)`` pairs; the first stage is read off the options asked
+        together (``convert`` asks for a whole model's at once)."""
+        top = max((p.in_shape[2] * p.in_shape[3] for p, _ in options), default=0)
+        first = [r is not None and _out_pixels(p) >= top for p, r in options]
+        timed = iter(super().many([o for o, f in zip(options, first) if not f]))
+        return [math.inf if f else next(timed) for f in first]
+
+    def _runtime_key(self) -> list:
+        from cepd_deploy.targets.onnx import ort_library
+
+        return [hashlib.sha256(Path(ort_library.get_library_path()).read_bytes()).hexdigest()[:16]]
+
+    def _session(self, plan):
+        from cepd_deploy.targets.onnx import build_session, to_model
+
+        return build_session(to_model(plan, fused=True), self.threads, native="library")
+
+
+def _out_pixels(probe) -> int:
+    """Pixels of a probe's output map."""
+    size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+            zip(probe.in_shape[2:], probe.padding, probe.dilation, probe.kernel, probe.stride)]  # fmt: skip
+    return size[0] * size[1]
 
 
 def _probe_conv(probe, ranks: tuple[int, ...] | None) -> nn.Module:
