@@ -186,8 +186,8 @@ class LibraryLatency(OrtLatency):
     single-layer time when compressed: their 3.2 MB outputs and residuals arrive cold from the
     previous layer (a probe runs hot), and each one between onnxruntime's dense convs adds layout
     reorders and moves data between cores. Allocations from these tables that compressed them were
-    9-13% slower than ``OrtLatency``'s at 37.1% FLOPs; keeping them dense, 2-5% faster at 66.3%,
-    46.1% and 37.1% (the same runs).
+    9-13% slower than ``OrtLatency``'s at 37.1% FLOPs; keeping them dense, 5% / 3-4% faster at
+    66.3% / 46.1% and equal at 37.1% (whole models side by side in one process).
     """
 
     name = "library-latency"
