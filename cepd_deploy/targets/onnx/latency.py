@@ -180,13 +180,13 @@ class LibraryLatency(OrtLatency):
     ``TTSparseConv`` in C++ (a dense probe runs onnxruntime's conv); the cache key adds the
     library file's digest, so a rebuilt kernel is measured again.
 
-    The first stage stays dense: :meth:`many` reports no CEPD option for a conv whose output map
-    is as large as the largest input map among the options it is asked about (the stem's output,
-    ResNet-50's 56x56 layer1). Measured in whole ResNet-50 runs, such layers took 1.6-2x their
-    single-layer time when compressed: their 3.2 MB outputs and residuals arrive cold from the
-    previous layer (a probe runs hot), and each one between onnxruntime's dense convs adds layout
-    reorders and moves data between cores. Allocations from these tables that compressed them were
-    9-13% slower than ``OrtLatency``'s at 37.1% FLOPs; keeping them dense, 5% / 3-4% faster at
+    The first stage stays dense: :meth:`many` reports no CEPD option for a conv whose output map is
+    as large as the largest input map among the options it is asked about (the stem's output;
+    ResNet-50: layer1 and layer2.0.conv1, 56x56). Measured in whole ResNet-50 runs, such layers took
+    1.6-2x their single-layer time when compressed: their 3.2 MB outputs and residuals arrive cold
+    from the previous layer (a probe runs hot), and each one between onnxruntime's dense convs adds
+    layout reorders and moves data between cores. Allocations from these tables that compressed them
+    were 9-13% slower than ``OrtLatency``'s at 37.1% FLOPs; keeping them dense, 5% / 3-4% faster at
     66.3% / 46.1% and equal at 37.1% (whole models side by side in one process).
     """
 
