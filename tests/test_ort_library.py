@@ -146,6 +146,38 @@ def test_dense_1x1_convs_after_native_layers_move_to_the_library():
         assert _close(y, model(torch.from_numpy(x)).numpy())
 
 
+class _BesideNative(torch.nn.Module):
+    """Dense 1x1 convs that read what a native CEPD layer ``a`` reads: ``p`` (+ ReLU), whose output
+    only a native layer ``q`` reads, moves; ``s``, whose output a dense 3x3 ``t`` reads, stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = random_layer(8, 16, (3, 3), kappa=2, padding=1)
+        self.p, self.q = nn.Conv2d(8, 12, 1), random_layer(12, 16, (3, 3), kappa=3, padding=1)
+        self.s, self.t = nn.Conv2d(8, 12, 1), nn.Conv2d(12, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.a(x) + self.q(torch.relu(self.p(x))) + self.t(self.s(x))
+
+
+def test_dense_1x1_convs_beside_native_layers_move_when_only_native_layers_read_them():
+    torch.manual_seed(3)
+    model = _BesideNative().eval()
+    fused = to_model(cd.lower(model, (2, 8, 9, 9)), fused=True)
+    rewritten = ol.native_model(fused)
+    natives = [n for n in rewritten.graph.node if ol.is_native(n)]
+    assert len(natives) == 3  # a, q, p (+ Relu)
+    convs = [n.input[1] for n in rewritten.graph.node if n.op_type == "Conv" and n.domain == ""]
+    assert sorted(w.split(".")[0] for w in convs) == ["s", "t"]
+    x = np.random.default_rng(4).standard_normal((2, 8, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    sess = build_session(fused, 2, native=True)
+    assert len(sess.cepd_native_layers) == 3
+    assert _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], ref)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
                     reason="onnxruntime-extensions is not installed")  # fmt: skip
 def test_extensions_path_still_selectable(resnet20):
