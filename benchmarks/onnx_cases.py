@@ -18,7 +18,7 @@ import numpy as np
 import cepd_deploy as cd
 from cepd_deploy.plan.cost import totals
 from cepd_deploy.targets.onnx import build_session, to_model
-from cepd_deploy.targets.onnx.latency import ALLOCATIONS, allocation_kwargs
+from cepd_deploy.targets.onnx.latency import ALLOCATIONS, TAGS, allocation_kwargs
 from cepd_deploy.targets.onnx.native import available as native_available
 
 POINTS = (0.663, 0.461, 0.371)
@@ -30,8 +30,7 @@ def cepd_resnet50(flops: float, rank_multiple: int = 1, allocation: str = "unifo
     """A CEPD ResNet-50 at a FLOPs target (cached on disk)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     kw = allocation_kwargs(allocation, threads) or {"rank_multiple": rank_multiple}
-    tags = {"ort-latency": f"lat{threads}", "library-latency": f"lib{threads}"}
-    name = tags.get(allocation, f"r{rank_multiple}")
+    name = f"{TAGS[allocation]}{threads}" if TAGS[allocation] else f"r{rank_multiple}"
     path = CACHE / f"resnet50_f{flops:.3f}_{name}.pt"
     if path.exists():
         return cd.load(path)

@@ -60,10 +60,10 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     from cepd_deploy import build_model, convert, lower
     from cepd_deploy.model.zoo import input_shape
     from cepd_deploy.plan.cost import totals
-    from cepd_deploy.targets.onnx.latency import allocation_kwargs
+    from cepd_deploy.targets.onnx.latency import TAGS, allocation_kwargs
 
     kw = allocation_kwargs(allocation, threads)
-    suffix = {"uniform": "", "ort-latency": "-lat", "library-latency": "-lib"}[allocation]
+    suffix = f"-{TAGS[allocation]}" if TAGS[allocation] else ""
     shape = (batch, *input_shape(arch))
     base = build_model(arch).eval()
     out = []

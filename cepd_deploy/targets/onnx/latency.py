@@ -42,6 +42,8 @@ from cepd_deploy.errors import CEPDError
 #: Rank allocations ``convert`` offers through the CLI: uniform, or the least measured latency on
 #: stock onnxruntime (the portable export) or on the custom-op library.
 ALLOCATIONS = ("uniform", "ort-latency", "library-latency")
+#: Their short tags in model labels and file names.
+TAGS = {"uniform": "", "ort-latency": "lat", "library-latency": "lib"}
 ROUNDS = 5  # measuring passes over all options (see OrtLatency._measure)
 
 
@@ -206,8 +208,14 @@ class LibraryLatency(OrtLatency):
     def many(self, options: list[tuple]) -> list[float]:
         """Latencies of ``(probe, ranks)`` pairs; the first stage is read off the options asked
         together (``convert`` asks for a whole model's at once)."""
+        from cepd_deploy.plan.ir import conv_out_hw
+
+        def out_pixels(p) -> int:
+            h, w = conv_out_hw(p.in_shape[2:], p.kernel, p.stride, p.padding, p.dilation)
+            return h * w
+
         top = max((p.in_shape[2] * p.in_shape[3] for p, _ in options), default=0)
-        first = [r is not None and _out_pixels(p) >= top for p, r in options]
+        first = [r is not None and out_pixels(p) >= top for p, r in options]
         timed = iter(super().many([o for o, f in zip(options, first) if not f]))
         return [math.inf if f else next(timed) for f in first]
 
@@ -220,13 +228,6 @@ class LibraryLatency(OrtLatency):
         from cepd_deploy.targets.onnx import build_session, to_model
 
         return build_session(to_model(plan, fused=True), self.threads, native="library")
-
-
-def _out_pixels(probe) -> int:
-    """Pixels of a probe's output map."""
-    size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
-            zip(probe.in_shape[2:], probe.padding, probe.dilation, probe.kernel, probe.stride)]  # fmt: skip
-    return size[0] * size[1]
 
 
 def _probe_conv(probe, ranks: tuple[int, ...] | None) -> nn.Module:
