@@ -4,4 +4,5 @@
 #pragma GCC target("avx2,fma")
 #endif  // other machines build it as generic code; the cpuid check never picks it there
 #define CEPD_TILE_NS cepd_tile_avx2
+#define CEPD_TILE_VBYTES 32  // the native vector
 #include "tile.inc"

@@ -5,4 +5,5 @@
 #endif  // other machines build it as generic code; the cpuid check never picks it there
 #define CEPD_TILE_NS cepd_tile_avx512
 #define CEPD_TILE_MASKED 1  // partial vectors as AVX-512 masked loads and stores
+#define CEPD_TILE_VBYTES 64  // the native vector
 #include "tile.inc"
