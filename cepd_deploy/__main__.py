@@ -1,5 +1,3 @@
-import sys
+from cepd_deploy.cli import entry
 
-from cepd_deploy.cli import main
-
-sys.exit(main())
+entry()

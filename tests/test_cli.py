@@ -80,3 +80,37 @@ def test_convert_with_a_latency_allocation(tmp_path, monkeypatch, allocation, ca
     bad = _run("convert", "--arch", "resnet20", "--flops-remaining", "0.7", "--rank-multiple", "0",
                "-o", str(tmp_path / "x.pt"))  # fmt: skip
     assert bad.returncode == 2 and "rank-multiple" in bad.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_hugepage_env(tmp_path):
+    from cepd_deploy.cli.common import HUGETLB, hugepage_env
+
+    thp = tmp_path / "enabled"
+    thp.write_text("always [madvise] never\n")
+    glibc = ("glibc", "2.36")
+    assert hugepage_env({}, thp, glibc)["GLIBC_TUNABLES"] == HUGETLB
+    assert hugepage_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp, glibc)["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=2:" + HUGETLB)  # fmt: skip
+    assert hugepage_env({"GLIBC_TUNABLES": HUGETLB}, thp, glibc) is None  # already set: no loop
+    assert hugepage_env({"CEPD_DEPLOY_HUGEPAGES": "0"}, thp, glibc) is None  # opted out
+    assert hugepage_env({}, thp, ("glibc", "2.31")) is None  # no malloc.hugetlb before 2.35
+    assert hugepage_env({}, thp, ("", "")) is None  # not glibc
+    assert hugepage_env({}, tmp_path / "missing", glibc) is None
+    thp.write_text("always madvise [never]\n")
+    assert hugepage_env({}, thp, glibc) is None
+
+
+def test_measure_on_hugepages_reexecs_only_the_command(monkeypatch):
+    from cepd_deploy.cli import common
+
+    calls = []
+    monkeypatch.setattr(common.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.setattr(common, "hugepage_env", lambda: {"GLIBC_TUNABLES": common.HUGETLB})
+    monkeypatch.setattr(common.sys, "argv", ["/usr/bin/cepd-deploy", "bench", "--repeats", "5"])
+    common.measure_on_hugepages()  # main() called from Python (this test): never
+    assert calls == []
+    monkeypatch.setattr(common, "COMMAND_PROCESS", True)
+    common.measure_on_hugepages()
+    exe, argv, env = calls[0]
+    assert argv == [sys.executable, "-m", "cepd_deploy", "bench", "--repeats", "5"] and exe == sys.executable
+    assert env["GLIBC_TUNABLES"] == common.HUGETLB

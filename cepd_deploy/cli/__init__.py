@@ -49,5 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``cepd-deploy`` command (console script and ``python -m cepd_deploy``)."""
+    from cepd_deploy.cli import common
+
+    common.COMMAND_PROCESS = True
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

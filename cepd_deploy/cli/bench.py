@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cepd_deploy.cli.common import output_path, print_json
+from cepd_deploy.cli.common import measure_on_hugepages, output_path, print_json
 from cepd_deploy.targets.onnx.latency import ALLOCATIONS
 
 
@@ -45,10 +45,13 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from cepd_deploy.bench import report as rep
     from cepd_deploy.bench import run_bench
+    from cepd_deploy.bench.adapters import MEASURED
     from cepd_deploy.model.format import atomic_write
 
     outs = {k: output_path(v) for k, v in (("json", args.json), ("csv", args.csv),
             ("markdown", args.markdown), ("plot", args.plot)) if v and v != "-"}  # fmt: skip
+    if any(t in MEASURED for t in args.targets):
+        measure_on_hugepages()
     rows = run_bench(args.model, tuple(args.flops_remaining), tuple(args.targets), threads=args.threads,
                      repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
                      progress=not args.quiet, allocation=args.allocation)  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_json
+from cepd_deploy.cli.common import add_json_arg, fraction, measure_on_hugepages, output_path, print_json
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.targets.onnx.latency import ALLOCATIONS, allocation_kwargs
 
@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         model, shape, _ = resolve(args.model)
     if args.allocation != "uniform" and args.config:
         raise CEPDError(f"--allocation {args.allocation} needs --flops-remaining or --params-remaining")
+    if args.allocation != "uniform":
+        measure_on_hugepages()  # the allocation measures latency
     kw = allocation_kwargs(args.allocation, args.threads)
     if args.rank_multiple is not None:
         if args.rank_multiple < 1:
