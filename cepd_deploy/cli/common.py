@@ -88,11 +88,18 @@ def measure_on_hugepages() -> None:
 
     On 4 KB pages 9 of 31 ``bench`` processes on a 2-vCPU Zen 4 VM spent their whole life in a
     slow state: CEPD ResNet-50 models 25-45% slower than in the others, dense 5%; with huge pages,
-    17 of 17 were in the normal state. Only the command's own process does
-    this (``COMMAND_PROCESS``); ``CEPD_DEPLOY_HUGEPAGES=0`` opts out.
+    17 of 17 were in the normal state. Only the command's own process does this
+    (``COMMAND_PROCESS``); ``CEPD_DEPLOY_HUGEPAGES=0`` opts out.
     """
-    env = hugepage_env() if COMMAND_PROCESS else None
+    if COMMAND_PROCESS:
+        reexec_on_hugepages(["-m", "cepd_deploy", *sys.argv[1:]])
+
+
+def reexec_on_hugepages(args: list[str]) -> None:
+    """Replace this process by ``python *args`` with malloc on huge pages, where
+    :func:`hugepage_env` applies (benchmark scripts call it first thing)."""
+    env = hugepage_env()
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "cepd_deploy", *sys.argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, *args], env)
