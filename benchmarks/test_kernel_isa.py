@@ -16,9 +16,7 @@ import pytest
 
 import cepd_deploy as cd
 from cepd_deploy.plan.cost import node_macs
-from cepd_deploy.plan.ir import WEIGHTED, Op
 from cepd_deploy.targets.onnx import native
-from cepd_deploy.targets.onnx.fused import layer_io, structure
 
 LAYERS = ("layer3.1.conv3", "layer2.1.conv2", "layer3.0.conv2")
 SHAPE = (1, 3, 224, 224)
@@ -34,16 +32,11 @@ def plan():
 
 
 def _native(plan, name: str):
-    nodes, x, r = layer_io(plan, name)
-    weights = [plan.consts[w] for n in nodes if n.op in WEIGHTED for w in n.weights]
-    e = nodes[-1].epilogue
-    weights += [plan.consts[c] for c in (e.scale, e.bias) if c]
-    scatter = next((n for n in nodes if n.op is Op.SCATTER_ADD), None)
-    layer = native.NativeLayer(structure(nodes), weights, scatter.attrs["index"] if scatter else None)
+    layer, x, r = native.from_plan(plan, name)
     shape = {n.output: n.out_shape for n in plan.nodes} | {plan.input: plan.input_shape}
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(shape[v]).astype(np.float32) for v in (x, r) if v]
-    return layer, args, sum(node_macs(n) for n in nodes)
+    return layer, args, sum(node_macs(n) for n in plan.nodes if n.layer == name)
 
 
 @pytest.mark.parametrize("isa", native.ISAS)

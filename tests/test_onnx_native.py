@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from test_onnx_helpers import OneLayer, random_layer, randomise_bn
 
 import cepd_deploy as cd
-from cepd_deploy.plan.ir import WEIGHTED, Op
 from cepd_deploy.plan.reference import run as run_plan
 from cepd_deploy.targets.onnx import native
 from cepd_deploy.targets.onnx.fused import OP_TYPE, layer_io, structure
@@ -30,14 +29,10 @@ def _plan_layer(case: dict, shape, need=assume):
     model = randomise_bn(OneLayer(layer, case["bn"], case["residual"], case["act"]), case["seed"])
     plan = cd.lower(model, shape)
     name = next(n for n, i in plan.layers.items() if i.kind == "cepd")
-    nodes, x, r = layer_io(plan, name)
-    weights = [plan.consts[w] for n in nodes if n.op in WEIGHTED for w in n.weights]
-    e = nodes[-1].epilogue
-    weights += [plan.consts[c] for c in (e.scale, e.bias) if c]
-    scatter = next((n for n in nodes if n.op is Op.SCATTER_ADD), None)
+    nodes = layer_io(plan, name)[0]
     # tiny layers may pick a contraction order with folded views: not native (tested below)
     need(native.supported(structure(nodes)) is None)
-    layer = native.NativeLayer(structure(nodes), weights, scatter.attrs["index"] if scatter else None)
+    layer, x, r = native.from_plan(plan, name)
     return plan, nodes, x, r, layer
 
 

@@ -192,6 +192,20 @@ class NativeLayer:
         return self.run_into(x, y, residual)
 
 
+def from_plan(plan, name: str) -> tuple[NativeLayer, str, str | None]:
+    """The kernel for CEPD layer ``name`` of ``plan`` as the fused export runs it (BN folded into
+    its epilogue), with the names of the layer's input and residual values (or None)."""
+    from cepd_deploy.plan.ir import WEIGHTED, Op
+    from cepd_deploy.targets.onnx.fused import layer_io, structure
+
+    nodes, x, r = layer_io(plan, name)
+    weights = [plan.consts[w] for n in nodes if n.op in WEIGHTED for w in n.weights]
+    e = nodes[-1].epilogue
+    weights += [plan.consts[c] for c in (e.scale, e.bias) if c]
+    scatter = next((n for n in nodes if n.op is Op.SCATTER_ADD), None)
+    return NativeLayer(structure(nodes), weights, scatter.attrs["index"] if scatter else None), x, r
+
+
 # -- eager torch ---------------------------------------------------------------------------------
 class _NativeConv:
     """Forward of one CEPDConv2d on the kernel (inference only; layers built per input shape)."""
