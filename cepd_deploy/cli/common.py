@@ -99,7 +99,7 @@ def reexec_on_hugepages(args: list[str]) -> None:
     """Replace this process by ``python *args`` with malloc on huge pages, where
     :func:`hugepage_env` applies (benchmark scripts call it first thing)."""
     env = hugepage_env()
-    if env is not None:
+    if env is not None and sys.executable:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *args], env)

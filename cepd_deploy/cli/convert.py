@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from cepd_deploy.plan.cost import totals
     from cepd_deploy.plan.lower import lower
 
+    if args.allocation != "uniform":
+        measure_on_hugepages()  # the allocation measures latency: first, before loading anything
     out = output_path(args.output)
     if args.arch:
         model, shape, _ = resolve(args.arch)
@@ -60,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
         model, shape, _ = resolve(args.model)
     if args.allocation != "uniform" and args.config:
         raise CEPDError(f"--allocation {args.allocation} needs --flops-remaining or --params-remaining")
-    if args.allocation != "uniform":
-        measure_on_hugepages()  # the allocation measures latency
     kw = allocation_kwargs(args.allocation, args.threads)
     if args.rank_multiple is not None:
         if args.rank_multiple < 1:
