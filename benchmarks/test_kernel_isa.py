@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cepd_deploy as cd
-from cepd_deploy.plan.cost import node_macs
+from cepd_deploy.plan.cost import nodes_macs
 from cepd_deploy.targets.onnx import native
 
 LAYERS = ("layer3.1.conv3", "layer2.1.conv2", "layer3.0.conv2")
@@ -36,7 +36,7 @@ def _native(plan, name: str):
     shape = {n.output: n.out_shape for n in plan.nodes} | {plan.input: plan.input_shape}
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(shape[v]).astype(np.float32) for v in (x, r) if v]
-    return layer, args, sum(node_macs(n) for n in plan.nodes if n.layer == name)
+    return layer, args, nodes_macs(plan.layer_nodes(name))
 
 
 @pytest.mark.parametrize("isa", native.ISAS)

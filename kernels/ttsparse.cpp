@@ -352,6 +352,7 @@ struct Layer {
 
   int s_rows() const { return (kappa + MR - 1) / MR * MR; }  // S's rows in whole blocks
   size_t s_panel() const { return size_t(s_rows()) * NR; }    // S of one panel (sbuf, wm)
+  size_t out_cols() const { return size_t(Ho) * pl.wq; }     // pass B's columns (rows wq apart)
   int tile_panels() const { return (tiles + NR - 1) / NR; }   // Winograd: panels of NR tiles
   size_t wm_xi() const { return tile_panels() * s_panel(); }  // Winograd: one M[xi] in wm
 };
@@ -604,8 +605,7 @@ void layer_init(Layer& L, const float* s_weights) {
     if (L.ci > 0) L.cplanes.assign(L.pl.size(cconv), 0.0f);
   }
   if (L.wino) {
-    const size_t np = (size_t(L.Ho) * L.pl.wq + NR - 1) / NR;
-    L.sbuf.assign(np * L.s_panel(), 0.0f);
+    L.sbuf.assign((L.out_cols() + NR - 1) / NR * L.s_panel(), 0.0f);
   }
 }
 
@@ -765,7 +765,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
   const size_t srow = L.s_panel();
   if (L.wino) wino_out(L);
   // pass B: the windowed step, the steps after it, S, the epilogue (per output panel)
-  const size_t ncols = size_t(L.Ho) * pl.wq;
+  const size_t ncols = L.out_cols();
   const int np = int((ncols + NR - 1) / NR);
   out.wq = pl.wq, out.wo = L.Wo;
   const float* cin = L.ci == 0 ? L.xplanes.data() : L.cplanes.data();
