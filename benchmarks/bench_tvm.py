@@ -7,7 +7,8 @@ Rows: TVM untuned (our schedules), TVM tuned (``--tune-trials``: MetaSchedule pe
 contraction kernel, cached under $CEPD_DEPLOY_CACHE; several values give a latency-vs-trials
 curve, the cache accumulating), ORT portable, ORT fused (function bodies) and, when the native
 TTSparseConv kernel is built, ORT fused+native. All runtimes get ``--threads`` threads; rounds
-are interleaved so load changes hit every row alike; median and min wall ms are reported.
+are interleaved so load changes hit every row alike; median and min wall ms are reported, with
+the machine (CPU, kernel build, threads, load average at start; ``cepd_deploy.bench.machine``).
 CEPD models come from ``convert`` (direct method, sparsity 0.9, o-k-i), cached in
 ``benchmarks/out/resnet50_f<flops>_m1.pt`` (shared with the ONNX benchmark).
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import cepd_deploy as cd
+from cepd_deploy.bench.machine import describe, machine_info
+from cepd_deploy.process import configure
 
 POINTS = (0.663, 0.461, 0.371)
 SHAPE = (1, 3, 224, 224)
@@ -49,23 +52,27 @@ def models(points=POINTS) -> dict[str, object]:
     return out
 
 
-def tvm_runner(plan, threads: int, workdir: Path, tune_trials: int = 0, log=print):
-    """(callable on a TVM tensor, build manifest) for ``plan``."""
+def tvm_runner(plan, threads: int, workdir: Path, tune_trials: int = 0):
+    """(callable on a TVM tensor, build manifest) for ``plan``, built by the TVM Target (its passes
+    first; tuning progress on stderr)."""
     import tvm
 
     from cepd_deploy.targets import tvm as tvm_target
 
     out = Path(tempfile.mkdtemp(dir=workdir))
-    manifest = tvm_target.build(plan, out, threads=threads, tune_trials=tune_trials, verify=True, log=log)
+    opts = tvm_target.TVM.Options(verify=True, tune_trials=tune_trials, threads=threads)
+    manifest = tvm_target.TVM().build(plan, out, opts).figures
     model = tvm_target.load(out, threads=threads)
     x = tvm.runtime.tensor(input_array(), model.device)
     return (lambda: model.run_tensor(x)), manifest
 
 
 def ort_runners(plan, threads: int) -> dict:
-    from cepd_deploy.targets.onnx import build_session, native, to_model
+    from cepd_deploy import native
+    from cepd_deploy.targets.onnx import build_session, prepare, to_model
 
     x = input_array()
+    plan = prepare(plan)  # the onnxruntime targets' passes
     sessions = {"ort-portable": build_session(to_model(plan), threads)}
     if any(n.op.value == "scatter_add" for n in plan.nodes):  # a CEPD plan: the fused export
         fused = to_model(plan, fused=True)
@@ -107,7 +114,10 @@ def main() -> None:
     )
     p.add_argument("--tune-models", nargs="*", default=["cepd46.1%"], help="which models to tune")
     args = p.parse_args()
+    machine = machine_info(args.threads)  # before the builds load the machine
+    print(f"measured on: {describe(machine)}", flush=True)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    configure()  # OMP_WAIT_POLICY=PASSIVE unless set, before torch loads (cepd_deploy.process)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -164,11 +174,13 @@ def main() -> None:
         "load_avg_after": os.getloadavg(),
         "tuning": tuning,
         "cpu": _cpu(),
+        "machine": machine,
         "rows": rows,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     head = ("model", "runtime", "median ms", "min ms", "/best ORT", "/ORT fused")
+    print(f"measured on: {describe(machine)}")
     print("{:12s} {:18s} {:>10s} {:>8s} {:>10s} {:>10s}".format(*head))
     for r in rows:
         ms = f"{r['median_ms']:10.2f} {r['min_ms']:8.2f}"

@@ -4,7 +4,7 @@ CEPD models come from ``convert`` (direct method, sparsity 0.9, o-k-i) and are c
 ``benchmarks/out/``. Allocations of the same FLOPs target: ``uniform`` (one cost ratio for
 every layer, ranks in multiples of ``rank_multiple``), ``ort-latency`` and ``library-latency``
 (the layers and ranks with the least measured latency on this machine, on stock onnxruntime or
-on the custom-op library, ranks in multiples of 16, see ``cepd_deploy.targets.onnx.latency``;
+on the custom-op library, ranks in multiples of 16, see ``cepd_deploy.frontend.allocation``;
 the first run measures every layer option, under a minute each).
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 import cepd_deploy as cd
+from cepd_deploy.frontend.allocation import ALLOCATIONS, TAGS, allocation_kwargs
+from cepd_deploy.native import available as native_available
 from cepd_deploy.plan.cost import totals
-from cepd_deploy.targets.onnx import build_session, to_model
-from cepd_deploy.targets.onnx.latency import ALLOCATIONS, TAGS, allocation_kwargs
-from cepd_deploy.targets.onnx.native import available as native_available
+from cepd_deploy.targets.onnx import build_session, prepare, to_model
 
 POINTS = (0.663, 0.461, 0.371)
 SHAPE = (1, 3, 224, 224)
@@ -44,13 +44,13 @@ def sessions(points=POINTS, threads: int = 2, rank_multiple: int = 1, native: bo
     """name -> (session, flops remaining): dense, then per allocation and point CEPD portable,
     fused (function bodies on stock onnxruntime) and, with ``native``, fused on the native kernel."""
     dense = cd.lower(cd.build_model("resnet50").eval(), SHAPE)
-    out = {"dense": (build_session(to_model(dense), threads), 1.0)}
+    out = {"dense": (build_session(to_model(prepare(dense)), threads), 1.0)}
     for alloc in allocations:
         for f in points:
             plan = cd.lower(cepd_resnet50(f, rank_multiple, alloc, threads), SHAPE)
             fr = totals(plan)["flops_remaining"]
-            fused = to_model(plan, fused=True)
-            out[f"cepd{f:.1%}-{alloc}-portable"] = (build_session(to_model(plan), threads), fr)
+            fused = to_model(prepare(plan), fused=True)
+            out[f"cepd{f:.1%}-{alloc}-portable"] = (build_session(to_model(prepare(plan)), threads), fr)
             out[f"cepd{f:.1%}-{alloc}-fused"] = (build_session(fused, threads), fr)
             if native and native_available():
                 out[f"cepd{f:.1%}-{alloc}-fused-native"] = (build_session(fused, threads, native=True), fr)

@@ -8,14 +8,17 @@ Batch 1, 224x224, 2 threads everywhere, no spinning (onnxruntime's allow_spinnin
 OMP_WAIT_POLICY=PASSIVE: on a shared machine spinning threads made eager torch 20x slower),
 all runs in one process, interleaved. Writes median ms, speedup vs the dense row of the same
 runtime and the fraction of the FLOPs ideal (speedup x FLOPs remaining), plus the onnxruntime
-profile split of the slowest CEPD layers at the middle point.
+profile split of the slowest CEPD layers at the middle point, and the machine (CPU, kernel
+build, threads, load average at start; ``cepd_deploy.bench.machine``).
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
+from cepd_deploy.process import configure
+
+configure()  # OMP_WAIT_POLICY=PASSIVE unless set: before torch loads OpenMP
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -35,7 +38,8 @@ from onnx_cases import (  # noqa: E402
 )
 
 import cepd_deploy as cd  # noqa: E402
-from cepd_deploy.targets.onnx import native  # noqa: E402
+from cepd_deploy import native  # noqa: E402
+from cepd_deploy.bench.machine import describe, machine_info  # noqa: E402
 
 
 def layer_split(plan_flops: float, threads: int, rank_multiple: int, allocation: str,
@@ -43,12 +47,13 @@ def layer_split(plan_flops: float, threads: int, rank_multiple: int, allocation:
     """Per-layer kernel time from an onnxruntime profile of the portable model."""
     import onnxruntime as ort
 
-    from cepd_deploy.targets.onnx import session_options, to_model
+    from cepd_deploy.targets.onnx import prepare, session_options, to_model
 
     plan = cd.lower(cepd_resnet50(plan_flops, rank_multiple, allocation, threads), SHAPE)
     so = session_options(threads)
     so.enable_profiling = True
-    sess = ort.InferenceSession(to_model(plan).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    model = to_model(prepare(plan)).SerializeToString()
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     x = input_array()
     for _ in range(10):
         sess.run(None, {plan.input: x})
@@ -86,6 +91,8 @@ def main() -> None:
     p.add_argument("--no-torch", action="store_true", help="skip the eager torch rows")
     p.add_argument("--no-native", action="store_true", help="skip the native-kernel rows")
     args = p.parse_args()
+    machine = machine_info(args.threads)  # before the conversions load the machine
+    print(f"measured on: {describe(machine)}", flush=True)
     torch.set_num_threads(args.threads)
     use_native = not args.no_native and native.available()
     if use_native:
@@ -120,13 +127,15 @@ def main() -> None:
                      "cpu_speedup": round(cpu_speedup, 3),
                      "cpu_ideal_fraction": round(cpu_speedup * flops[k], 3)})  # fmt: skip
     result = {"threads": args.threads, "batch": 1, "shape": list(SHAPE), "repeats": args.repeats,
-              "rank_multiple": args.rank_multiple, "load_avg": os.getloadavg(), "rows": rows,
+              "rank_multiple": args.rank_multiple, "machine": machine, "load_avg_end": os.getloadavg(),
+              "rows": rows,
               "native_isa": native.isa() if use_native else None,
               "slowest_layers_46.1%": {a: layer_split(0.461, args.threads, args.rank_multiple, a)
                                        for a in args.allocations}}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)
+    print(f"measured on: {describe(machine)}")
     for r in rows:
         print(f"{r['name']:40s} {r['median_ms']:8.2f} ms  x{r['speedup']:.2f}  "
               f"{r['ideal_fraction']:.0%} of FLOPs ideal (FLOPs {r['flops_remaining']:.1%})  |  "

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import cepd_deploy as cd
+from cepd_deploy import native
 from cepd_deploy.plan.cost import nodes_macs
-from cepd_deploy.targets.onnx import native
 
 LAYERS = ("layer3.1.conv3", "layer2.1.conv2", "layer3.0.conv2")
 SHAPE = (1, 3, 224, 224)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cepd_deploy.bench.adapters import MODELLED, modelled_ms, runner
+from cepd_deploy.bench.adapters import measured, modelled_ms, runner
 from cepd_deploy.bench.harness import build_variants
 from cepd_deploy.bench.paper import POINTS
 
@@ -41,11 +41,12 @@ def test_resnet50(benchmark, variants, workdir, target, label):
     v = variants[label]
     benchmark.group = f"resnet50 {target}"
     benchmark.extra_info.update(flops_remaining=v.flops_remaining, params_remaining=v.params_remaining)
-    if target in MODELLED:
-        ms, _ = benchmark.pedantic(modelled_ms, args=(target, v.plan), rounds=1, iterations=1)
+    if not measured(target):
+        options = {"spec": "eyeriss_scaled"} if target == "eyeriss" else None  # the paper's scale
+        ms, _ = benchmark.pedantic(modelled_ms, args=(target, v.plan, options), rounds=1, iterations=1)
         benchmark.extra_info["modelled_latency_ms"] = ms
         assert ms > 0
         return
-    fn = runner(target, v.model, v.plan, 2, workdir)
+    fn = runner(target, v.plan, 2, workdir)
     x = np.random.default_rng(0).standard_normal(v.plan.input_shape).astype(np.float32)
     benchmark.pedantic(fn, args=(x,), rounds=10, iterations=1, warmup_rounds=2)

@@ -1,20 +1,52 @@
-"""cepd-deploy: run CNNs compressed with CEPD (TT low-rank + filter-sparse) fast on real hardware."""
+"""cepd-deploy: run CNNs compressed with CEPD (TT low-rank + filter-sparse) fast on real hardware.
 
-import os
+The public names are imported on first use (``cepd_deploy.convert`` loads torch then), so that
+``import cepd_deploy`` and the command's ``--help`` stay fast. Importing the package changes no
+environment variable; see :mod:`cepd_deploy.process` for the ones the command sets.
+"""
 
-# torch's OpenMP threads spin while idle by default; next to onnxruntime's threads in one process
-# that made eager torch up to 20x slower here. Set before torch loads; the user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.model.convert import convert
-from cepd_deploy.model.format import load, save
-from cepd_deploy.model.layers import CEPDConv2d
-from cepd_deploy.model.zoo import ZOO, build_model
-from cepd_deploy.plan.ir import Plan
-from cepd_deploy.plan.lower import lower
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it (imported by :func:`__getattr__` on first use)
+_LAZY = {
+    "CEPDConv2d": "cepd_deploy.model.layers",
+    "Plan": "cepd_deploy.plan.ir",
+    "ZOO": "cepd_deploy.model.zoo",
+    "build_model": "cepd_deploy.model.zoo",
+    "convert": "cepd_deploy.frontend.convert",
+    "load": "cepd_deploy.model.format",
+    "lower": "cepd_deploy.frontend.lower",
+    "save": "cepd_deploy.model.format",
+}
+
+if TYPE_CHECKING:
+    from cepd_deploy.frontend.convert import convert
+    from cepd_deploy.frontend.lower import lower
+    from cepd_deploy.model.format import load, save
+    from cepd_deploy.model.layers import CEPDConv2d
+    from cepd_deploy.model.zoo import ZOO, build_model
+    from cepd_deploy.plan.ir import Plan
+
+
+def __getattr__(name: str):
+    """Import a public name on first use (PEP 562); other names are submodules or errors."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def get_library_path() -> str:
@@ -27,11 +59,15 @@ def get_library_path() -> str:
 
 
 def export_onnx(model, path, *, input_shape, fused: bool = False):
-    """Lower ``model`` for ``input_shape`` and write it as ONNX (portable, or ``fused`` with one
-    ``ai.cepd::TTSparseConv`` node per CEPD conv). See :func:`cepd_deploy.targets.onnx.export_onnx`."""
-    from cepd_deploy.targets.onnx import export_onnx as export
+    """Lower ``model`` (a CEPD or dense torch model) for ``input_shape`` ((N,) C, H, W; N defaults
+    to 1) and write it as ONNX (portable, or ``fused`` with one ``ai.cepd::TTSparseConv`` node per
+    CEPD conv). See :func:`cepd_deploy.targets.onnx.export`."""
+    from cepd_deploy.frontend.load import load_plan
+    from cepd_deploy.targets.onnx import export
 
-    return export(model, path, input_shape=input_shape, fused=fused)
+    shape = tuple(input_shape)
+    batch = shape[0] if len(shape) == 4 else 1
+    return export(load_plan(model, shape, batch=batch).plan, path, fused=fused)
 
 
 __all__ = [

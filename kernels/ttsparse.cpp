@@ -32,6 +32,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -74,15 +75,25 @@ class Pool {
   explicit Pool(int n) { resize(n); }
   ~Pool() { stop(); }
 
+  // n threads in all (the caller is one), clamped to [1, hardware threads]: more than the machine
+  // runs at once only slows a spinning pool down. Where the system refuses a thread (a process or
+  // memory limit), the pool keeps the ones it got instead of aborting.
   void resize(int n) {
-    n = std::max(1, n);
+    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+    n = std::clamp(n, 1, cores);
     std::lock_guard<std::mutex> one_at_a_time(run_mu_);
     if (n == size_) return;
     stop();
-    size_ = n;
     quit_ = false;
     const uint64_t e = epoch_.load();
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, e] { loop(e); });
+    for (int i = 1; i < n; ++i) {
+      try {
+        workers_.emplace_back([this, e] { loop(e); });
+      } catch (const std::system_error&) {
+        break;
+      }
+    }
+    size_ = int(workers_.size()) + 1;
   }
   int size() const { return size_; }
 
@@ -818,9 +829,19 @@ CEPD_API void* cepd_tts_create(const int64_t* desc, const float* const* weights,
     L->steps.push_back(std::move(s));
   }
   const float* s_weights = nullptr;
+  std::vector<float> s_scaled;
   if (L->kappa > 0) {
     s_weights = weights[wi];
-    L->s = pack(weights[wi++], L->kappa, L->I * L->g.kh * L->g.kw);
+    const size_t kdim = size_t(L->I) * L->g.kh * L->g.kw;
+    if (has_scale) {  // y = (chain + S) * scale + bias, and the epilogue adds S after the scale
+      const float* sc = weights[wi + 1];
+      s_scaled.assign(s_weights, s_weights + L->kappa * kdim);
+      for (int r = 0; r < L->kappa; ++r)
+        for (size_t j = 0; j < kdim; ++j) s_scaled[r * kdim + j] *= sc[index[r]];
+      s_weights = s_scaled.data();
+    }
+    L->s = pack(s_weights, L->kappa, int(kdim));
+    ++wi;
     L->srow.assign(L->O, -1);
     for (int r = 0; r < L->kappa; ++r) L->srow[index[r]] = r;
   }
@@ -837,6 +858,19 @@ CEPD_API void cepd_tts_set_threads(int n) { pool().resize(n); }
 CEPD_API int cepd_tts_threads() { return pool().size(); }
 
 CEPD_API int cepd_tts_isa() { return isa_level; }  // the tile in use: 2 AVX-512, 1 AVX2, 0 generic
+
+// The tile builds compiled for their instruction set, one bit per level (1 << level): all three on
+// x86-64 with GCC/clang, else the generic one only (tile_avx*.cpp then build as generic code).
+CEPD_API int cepd_tts_isa_builds() {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+  return 0b111;
+#else
+  return 0b001;
+#endif
+}
+
+// The best tile level this CPU runs (cpuid), whatever cepd_tts_use_isa set.
+CEPD_API int cepd_tts_cpu_isa() { return detect_isa(); }
 
 // Winograd for 3x3 stride-1 sparse branches of layers created from now on: 1 where it pays
 // (default), 0 never, 2 always.

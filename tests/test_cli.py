@@ -112,5 +112,7 @@ def test_measure_on_hugepages_reexecs_only_the_command(monkeypatch):
     monkeypatch.setattr(common, "COMMAND_PROCESS", True)
     common.measure_on_hugepages()
     exe, argv, env = calls[0]
-    assert argv == [sys.executable, "-m", "cepd_deploy", "bench", "--repeats", "5"] and exe == sys.executable
+    assert exe == sys.executable
+    assert argv == [sys.executable, *common.command_argv(["bench", "--repeats", "5"])]
+    assert "-m" not in argv and argv[-2:] == ["--repeats", "5"]  # never `-m`: it imports from the cwd
     assert env["GLIBC_TUNABLES"] == common.HUGETLB

@@ -39,7 +39,7 @@ def _state(path) -> dict:
 def reference(tmp_path_factory):
     """One uninterrupted run, shared by the tests below."""
     folder = tmp_path_factory.mktemp("ref")
-    cfg = _cfg(folder, "ref.pt", baseline_out=str(folder / "base.pt"))
+    cfg = _cfg(folder, "ref.pt", baseline_out=str(folder / "base.pt"), plot=str(folder / "curves.png"))
     return cfg, _run(cfg)
 
 
@@ -49,7 +49,7 @@ def test_run_writes_model_log_plot_and_figures(reference):
     tmp_path = side_paths(cfg.output)["log"].parent
     paths = side_paths(cfg.output)
     assert (tmp_path / "ref.pt").is_file() and (tmp_path / "base.pt").is_file()
-    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # asked for
     assert not paths["checkpoint"].exists()  # removed once the output is complete
     records = [json.loads(line) for line in paths["log"].read_text().splitlines()]
     epochs = [(r["phase"], r["epoch"]) for r in records if "phase" in r and "epoch" in r]

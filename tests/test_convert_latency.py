@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cepd_deploy import build_model, convert, lower
-from cepd_deploy.model.convert import _least_latency
+from cepd_deploy.frontend.convert import _least_latency
 from cepd_deploy.plan.cost import totals
 
 SHAPE = (1, 3, 32, 32)
@@ -54,7 +54,7 @@ def test_a_layer_that_is_slow_when_compressed_stays_dense():
 
 
 def test_measured_onnxruntime_latency_is_cached(tmp_path):
-    from cepd_deploy.targets.onnx.latency import OrtLatency
+    from cepd_deploy.frontend.allocation import OrtLatency
 
     cache = tmp_path / "lat.json"
     lat = OrtLatency(threads=1, repeats=3, cache=cache)
@@ -72,7 +72,7 @@ def test_measured_onnxruntime_latency_is_cached(tmp_path):
 
 
 def test_library_latency_keeps_the_first_stage_dense_and_is_cached(tmp_path):
-    from cepd_deploy.targets.onnx.latency import LibraryLatency
+    from cepd_deploy.frontend.allocation import LibraryLatency
 
     cache = tmp_path / "lib.json"
     lat = LibraryLatency(threads=1, repeats=3, cache=cache)
@@ -93,8 +93,8 @@ def test_library_latency_keeps_the_first_stage_dense_and_is_cached(tmp_path):
 
 def test_library_latency_needs_the_library(monkeypatch):
     from cepd_deploy.errors import CEPDError
+    from cepd_deploy.frontend.allocation import LibraryLatency, allocation_kwargs
     from cepd_deploy.targets.onnx import ort_library
-    from cepd_deploy.targets.onnx.latency import LibraryLatency, allocation_kwargs
 
     monkeypatch.setattr(ort_library, "available", lambda: False)
     with pytest.raises(CEPDError, match="custom-op library"):

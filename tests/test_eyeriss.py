@@ -18,12 +18,13 @@ from cepd_deploy import lower
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import node_macs, plan_macs
 from cepd_deploy.plan.ir import WEIGHTED, Op
-from cepd_deploy.targets import eyeriss, get
+from cepd_deploy.targets import eyeriss
+from cepd_deploy.targets.base import Kind
 from cepd_deploy.targets.eyeriss import mapper
 from cepd_deploy.targets.eyeriss.mapper import PARAMS, TIE, Mapping, cost_of, evaluate, search
 from cepd_deploy.targets.eyeriss.problem import ConvProblem, ceil_div, conv_problem
 from cepd_deploy.targets.eyeriss.report import plot, table
-from cepd_deploy.targets.eyeriss.simulator import rlc_ratio
+from cepd_deploy.targets.eyeriss.simulator import HANDLERS, rlc_ratio
 from cepd_deploy.targets.eyeriss.spec import load_spec
 
 V1 = load_spec("eyeriss_v1")
@@ -92,12 +93,10 @@ def cepd_plans():
 
 
 # -- the target ---------------------------------------------------------------------------------
-def test_target_registers_and_covers_every_op():
-    assert get("eyeriss") is eyeriss
-    info = eyeriss.TARGET
-    assert (info.name, info.kind) == ("eyeriss", "asic")
-    for op in Op:
-        assert (op in info.handlers) != (op in info.unsupported), op
+def test_target_covers_every_op():
+    target = eyeriss.Eyeriss()
+    assert (target.name, target.kind) == ("eyeriss", Kind.SIMULATOR)
+    assert target.ops == frozenset(Op) == frozenset(HANDLERS)  # a handler for every op it claims
 
 
 def test_plans_cover_the_ops_they_should(dense_plan, unfused_plan, cepd_plans):

@@ -18,7 +18,7 @@ import pytest
 from cepd_deploy import build_model, lower
 from cepd_deploy.targets import eyeriss
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "eyeriss_v1_alexnet.csv"
+DATA = Path(__file__).resolve().parent / "data"  # the silicon figures, with their sources
 ALEXNET_CONVS = {"CONV1": "features.0", "CONV2": "features.3", "CONV3": "features.6", "CONV4": "features.8",
                  "CONV5": "features.10"}  # fmt: skip
 # JSSC 2017 Table V, "zeros in ifmaps" of CONV1..CONV5. Each conv's output gets the next layer's
@@ -26,10 +26,10 @@ ALEXNET_CONVS = {"CONV1": "features.0", "CONV2": "features.3", "CONV3": "feature
 ALEXNET_IFMAP_ZEROS = [0.0001, 0.387, 0.725, 0.793, 0.776]
 
 
-def _reference() -> dict[str, dict[str, float]]:
-    if not REFERENCE.is_file():
-        pytest.skip(f"silicon reference data not found: {REFERENCE}")
-    lines = [x for x in REFERENCE.read_text().splitlines() if x and not x.startswith("#")]
+def silicon(name: str) -> dict[str, dict[str, float]]:
+    """The rows of ``tests/data/<name>.csv`` by layer; a missing file fails (never skips)."""
+    path = DATA / f"{name}.csv"
+    lines = [x for x in path.read_text().splitlines() if x and not x.startswith("#")]
     rows = csv.DictReader(lines)
     return {row["layer"]: {k: float(v) for k, v in row.items() if k != "layer"} for row in rows}
 
@@ -53,18 +53,18 @@ def alexnet(request, alexnet_plan):
 
 @pytest.mark.parametrize("conv", sorted(ALEXNET_CONVS))
 def test_alexnet_layer_matches_silicon(alexnet, conv):
-    silicon, model = _reference()[conv], alexnet[conv]
-    assert model.processing_ms == pytest.approx(silicon["processing_latency_ms"], rel=0.15)
-    assert model.active_pes == pytest.approx(silicon["active_pes"], rel=0.15)
-    assert model.dram_bytes / 1e6 == pytest.approx(silicon["dram_mb"], rel=0.30)
+    chip, model = silicon("eyeriss_v1_alexnet")[conv], alexnet[conv]
+    assert model.processing_ms == pytest.approx(chip["processing_latency_ms"], rel=0.15)
+    assert model.active_pes == pytest.approx(chip["active_pes"], rel=0.15)
+    assert model.dram_bytes / 1e6 == pytest.approx(chip["dram_mb"], rel=0.30)
     # not in the acceptance criteria, and also held: total latency (processing + the DRAM time
     # of the ifmaps/ofmaps, which the chip does not hide) and GLB traffic
-    assert model.latency_ms == pytest.approx(silicon["total_latency_ms"], rel=0.15)
-    assert model.accesses["glb"] * 2 / 1e6 == pytest.approx(silicon["glb_mb"], rel=0.25)
+    assert model.latency_ms == pytest.approx(chip["total_latency_ms"], rel=0.15)
+    assert model.accesses["glb"] * 2 / 1e6 == pytest.approx(chip["glb_mb"], rel=0.25)
 
 
 def test_alexnet_totals_match_silicon(alexnet):
-    total = _reference()["TOTAL"]
+    total = silicon("eyeriss_v1_alexnet")["TOTAL"]
     rows = alexnet.values()
     assert sum(r.processing_ms for r in rows) == pytest.approx(total["processing_latency_ms"], rel=0.10)
     assert sum(r.dram_bytes for r in rows) / 1e6 == pytest.approx(total["dram_mb"], rel=0.15)
@@ -76,32 +76,22 @@ def test_alexnet_is_not_matched_by_any_chip(alexnet_plan):
     v1 = eyeriss.load_spec("eyeriss_v1")
     half = dataclasses.replace(v1, array=dataclasses.replace(v1.array, cols=7))
     small = dataclasses.replace(v1, glb=dataclasses.replace(v1.glb, usable_kib=25))
-    silicon = _reference()
+    chip = silicon("eyeriss_v1_alexnet")
     for spec in (half, small):
         result = eyeriss.simulate(plan, spec, zeros=alexnet_zeros())
         misses = 0
         for conv, node in ALEXNET_CONVS.items():
             row = result.layer(node)
-            lat = abs(row.processing_ms / silicon[conv]["processing_latency_ms"] - 1) > 0.15
-            pes = abs(row.active_pes / silicon[conv]["active_pes"] - 1) > 0.15
-            dram = abs(row.dram_bytes / 1e6 / silicon[conv]["dram_mb"] - 1) > 0.30
+            lat = abs(row.processing_ms / chip[conv]["processing_latency_ms"] - 1) > 0.15
+            pes = abs(row.active_pes / chip[conv]["active_pes"] - 1) > 0.15
+            dram = abs(row.dram_bytes / 1e6 / chip[conv]["dram_mb"] - 1) > 0.30
             misses += lat or pes or dram
         assert misses >= 3, spec
 
 
-# -- VGG-16, batch 3: JSSC 2017 Table VI, as transcribed in cucapra/fodlam data/eyeriss-vgg16.csv
-# (conv, processing latency ms, active PEs, zeros in ifmaps, GLB MB, DRAM MB). The source's
-# CONV1-1 DRAM reads 154 (15.4, the decimal point lost); its CONV2-2 processing latency (1110.3)
-# exceeds that row's total latency (894.3), so that figure is doubtful.
-VGG16 = [
-    ("CONV1-1", 38.0, 156, 0.160, 112.5, 15.4), ("CONV1-2", 810.6, 156, 0.477, 2402.8, 54.0),
-    ("CONV2-1", 405.3, 150, 0.248, 1201.4, 33.4), ("CONV2-2", 1110.3, 156, 0.387, 2402.3, 48.5),
-    ("CONV3-1", 204.0, 156, 0.397, 607.4, 20.2), ("CONV3-2", 408.1, 156, 0.581, 1214.8, 32.2),
-    ("CONV3-3", 408.1, 156, 0.587, 1214.8, 30.8), ("CONV4-1", 105.1, 168, 0.643, 321.3, 17.8),
-    ("CONV4-2", 210.0, 168, 0.747, 643.7, 20.6), ("CONV4-3", 210.0, 168, 0.854, 643.7, 22.8),
-    ("CONV5-1", 48.3, 163, 0.794, 90.0, 6.3), ("CONV5-2", 48.5, 168, 0.874, 90.0, 5.7),
-    ("CONV5-3", 48.5, 168, 0.885, 90.0, 5.6),
-]  # fmt: skip
+# -- VGG-16, batch 3: JSSC 2017 Table VI (tests/data/eyeriss_v1_vgg16.csv)
+VGG16 = [(conv, r["processing_latency_ms"], r["active_pes"], r["ifmap_zeros"], r["glb_mb"], r["dram_mb"])
+         for conv, r in silicon("eyeriss_v1_vgg16").items()]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from cepd_deploy.cli import main
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import totals
 from cepd_deploy.plan.ir import Op
+from cepd_deploy.plan.passes import merge_pointwise
 from cepd_deploy.plan.reference import run as run_plan
-from cepd_deploy.plan.rewrite import merge_pointwise
 from cepd_deploy.targets import get
-from cepd_deploy.targets.onnx import TARGET, build_session, export, export_onnx, run_session, to_model
+from cepd_deploy.targets.onnx import build_session, export, prepare, run_session, to_model
 from cepd_deploy.targets.onnx.fused import DOMAIN, OP_TYPE
 from cepd_deploy.targets.onnx.portable import (
     HANDLERS,
@@ -31,8 +31,10 @@ from cepd_deploy.targets.onnx.verify import compare
 def test_every_op_has_a_handler_or_is_unsupported():
     for op in Op:
         assert (op in HANDLERS) != (op in UNSUPPORTED), op
-    assert get("onnxruntime").TARGET is TARGET
-    assert TARGET.name == "onnxruntime" and TARGET.kind == "runtime"
+    for name in ("onnxruntime", "onnxruntime-fused", "onnxruntime-native"):
+        target = get(name)
+        assert target.name == name and target.kind.value == "runtime"
+        assert target.ops == frozenset(HANDLERS) and target.passes == ("merge_pointwise",)
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +60,13 @@ def _standard_only(model: onnx.ModelProto) -> bool:
 @pytest.mark.parametrize("which", ["resnet20", "mobilenet"])
 def test_zoo_models_match_torch_and_plan(which, fused, request):
     model, plan = request.getfixturevalue(which)
-    onnx_model = to_model(plan, fused=fused)
+    onnx_model = to_model(prepare(plan), fused=fused)
     checks = compare(plan, onnx_model, model, samples=1)
     assert {c.against for c in checks} == {"plan", "torch"}
     assert len(checks) > 10  # every layer output, not just the last
     assert all(c.ok for c in checks), [c for c in checks if not c.ok][:3]
-    cepd_layers = sum(info.kind == "cepd" for info in plan.layers.values())
+    cepd_layers = len(plan.blocks())  # every CEPD layer lowered to its TT chain (none to a dense conv)
+    assert cepd_layers == sum(info.kind == "cepd" for info in plan.layers.values())
     fused_nodes = [n for n in onnx_model.graph.node if n.op_type == OP_TYPE]
     if fused:
         assert len(fused_nodes) == cepd_layers > 0
@@ -76,7 +79,7 @@ def test_zoo_models_match_torch_and_plan(which, fused, request):
 
 def test_portable_graph_structure(resnet20):
     _, plan = resnet20
-    m = to_model(plan)
+    m = to_model(prepare(plan))
     ops = [n.op_type for n in m.graph.node]
     assert m.opset_import[0].version >= 17
     # BN folded; each scatter-add is placed by MACs (joint / fold / place) or is a ScatterND
@@ -125,7 +128,7 @@ def test_export_onnx_dense_model_and_batch(tmp_path):
 def test_unsupported_layer_is_a_one_line_error(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2))
     with pytest.raises(CEPDError) as exc:
-        export_onnx(model, tmp_path / "u.onnx", input_shape=(1, 3, 8, 8))
+        cd.export_onnx(model, tmp_path / "u.onnx", input_shape=(1, 3, 8, 8))
     assert "\n" not in str(exc.value) and "Upsample" in str(exc.value)
     assert not (tmp_path / "u.onnx").exists()
 

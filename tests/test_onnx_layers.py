@@ -11,7 +11,7 @@ from test_onnx_helpers import OneLayer, random_layer, randomise_bn
 
 import cepd_deploy as cd
 from cepd_deploy.plan.reference import run as run_plan
-from cepd_deploy.targets.onnx import build_session, run_session, to_model
+from cepd_deploy.targets.onnx import build_session, prepare, run_session, to_model
 from cepd_deploy.targets.onnx.portable import PLACE_MAX_KAPPA
 
 LAYOUTS = ["o-k-i", "eq9", "oo-k-ii", "o1|o2|o3|k|i1|i2|i3"]
@@ -50,7 +50,7 @@ def _check(case: dict) -> None:
         ref = model(torch.from_numpy(x)).numpy()
     assert np.abs(run_plan(plan, x).numpy() - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6
     for fused in (False, True):
-        y = run_session(build_session(to_model(plan, fused=fused), threads=1), x)
+        y = run_session(build_session(to_model(prepare(plan), fused=fused), threads=1), x)
         err = np.abs(y - ref).max()
         assert err <= 1e-4 * np.abs(ref).max() + 1e-6, (fused, err, case)
 
@@ -79,7 +79,7 @@ def test_many_kept_filters_use_scatter_nd(kernel, residual):
     _check(case)
     layer = random_layer(160, 160, kernel, ranks_frac=[0.1], kappa=kappa, padding=kernel[0] // 2)
     plan = cd.lower(OneLayer(layer, True, residual, "relu"), (1, 160, 5, 5))
-    ops = [n.op_type for n in to_model(plan).graph.node]
+    ops = [n.op_type for n in to_model(prepare(plan)).graph.node]
     assert "ScatterND" in ops and "Concat" not in ops
 
 
@@ -93,8 +93,8 @@ def test_pointwise_layer_joins_its_sparse_branch(residual):
     _check(case)
     layer = random_layer(64, 64, (1, 1), ranks_frac=[0.25], kappa=6)
     plan = cd.lower(OneLayer(layer, True, residual, "relu"), (1, 64, 6, 6))
-    ops = [n.op_type for n in to_model(plan).graph.node]
+    ops = [n.op_type for n in to_model(prepare(plan)).graph.node]
     assert ops.count("Conv") == 2 and not {"Concat", "ScatterND"} & set(ops)
-    body = to_model(plan, fused=True).functions[0]
+    body = to_model(prepare(plan), fused=True).functions[0]
     body_ops = [n.op_type for n in body.node]
     assert body_ops.count("Conv") == 2 and "ScatterND" not in body_ops

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from test_onnx_helpers import OneLayer, random_layer, randomise_bn
 
 import cepd_deploy as cd
+from cepd_deploy import native
+from cepd_deploy.native import KernelLayer
+from cepd_deploy.plan.ir import MatmulAttrs, Op
 from cepd_deploy.plan.reference import run as run_plan
-from cepd_deploy.targets.onnx import native
-from cepd_deploy.targets.onnx.fused import OP_TYPE, layer_io, structure
+from cepd_deploy.targets.onnx.fused import OP_TYPE
 
 if not native.available() and shutil.which("c++") is None and shutil.which("g++") is None:
     pytest.skip("no C++ compiler (c++/g++): the native kernel was not built", allow_module_level=True)
@@ -28,12 +30,17 @@ def _plan_layer(case: dict, shape, need=assume):
                          seed=case["seed"])  # fmt: skip
     model = randomise_bn(OneLayer(layer, case["bn"], case["residual"], case["act"]), case["seed"])
     plan = cd.lower(model, shape)
-    name = next(n for n, i in plan.layers.items() if i.kind == "cepd")
-    nodes = layer_io(plan, name)[0]
+    if not plan.blocks():  # the lowering rebuilt the layer as one dense conv: one conv step
+        (node,) = [n for n in plan.nodes if n.op is Op.CONV]
+        e = node.epilogue
+        weights = [plan.consts[w] for w in (node.weights[0], e.scale, e.bias) if w]
+        layer = native.NativeLayer(KernelLayer.from_conv(node), weights)
+        return plan, [node], node.inputs[0], node.inputs[-1] if e.residual else None, layer
+    (block,) = plan.blocks()
     # tiny layers may pick a contraction order with folded views: not native (tested below)
-    need(native.supported(structure(nodes)) is None)
-    layer, x, r = native.from_plan(plan, name)
-    return plan, nodes, x, r, layer
+    need(KernelLayer.from_block(block).unsupported() is None)
+    layer, x, r = native.from_plan(plan, block.layer)
+    return plan, list(block.nodes), x, r, layer
 
 
 def test_library_is_built_and_dispatches():
@@ -163,10 +170,13 @@ def test_pool_workers_joining_late_change_nothing():
 def test_unsupported_structures_are_reported():
     layer = random_layer(8, 12, (3, 3), kappa=2, layout="oo-k-ii", padding=1)
     plan = cd.lower(OneLayer(layer, False, False, None), (1, 8, 6, 6))
-    nodes, _, _ = layer_io(plan, "layer")
-    assert native.supported(structure(nodes)) is not None
+    (block,) = plan.blocks()
+    kernel = KernelLayer.from_block(block)
+    assert kernel.unsupported() is not None
     with pytest.raises(cd.CEPDError, match="not supported natively"):
-        native.NativeLayer(structure(nodes), [])
+        native.NativeLayer(kernel, [])
+    with pytest.raises(cd.CEPDError, match="not supported natively"):
+        native.from_plan(plan, "layer")
 
 
 def test_accelerate_eager_torch_matches():
@@ -192,16 +202,16 @@ def test_accelerate_eager_torch_matches():
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
                     reason="onnxruntime-extensions is not installed (the native path in onnxruntime)")
 def test_onnxruntime_native_session():
-    from cepd_deploy.targets.onnx import build_session, to_model
+    from cepd_deploy.targets.onnx import build_session, prepare, to_model
     from cepd_deploy.targets.onnx.ort_native import CONTRIB, native_model
     from cepd_deploy.targets.onnx.verify import compare
 
     torch.manual_seed(0)
     model = cd.convert(cd.build_model("resnet20"), flops_remaining=0.5).eval()
     plan = cd.lower(model, (1, 3, 32, 32))
-    fused = to_model(plan, fused=True)
+    fused = to_model(prepare(plan), fused=True)
     rewritten, layers = native_model(fused)
-    cepd_layers = sum(i.kind == "cepd" for i in plan.layers.values())
+    cepd_layers = len(plan.blocks())
     assert len(layers) == cepd_layers
     assert sum(n.domain == CONTRIB for n in rewritten.graph.node) == cepd_layers
     assert not any(n.op_type == OP_TYPE for n in rewritten.graph.node) and not rewritten.functions
@@ -215,15 +225,14 @@ def test_dense_pointwise_layer_matches_numpy():
     # one GEMM, no S (a dense 1x1 conv moved onto the kernel): tasks are half panels; 13 panels
     # at 20x20, a tail of 16 columns, one and two threads
     cin, cout, size = 24, 40, 20
-    st_ = {"in_shape": [1, cin, size, size], "out_shape": [1, cout, size, size], "subsample": [1, 1],
-           "kappa": 0, "steps": [{"op": "matmul", "outer": 1, "inner": 1, "cin": cin, "cout": cout}],
-           "s_conv": None, "scale": False, "bias": True, "residual": True, "act": "relu"}  # fmt: skip
+    spec = KernelLayer((1, cin, size, size), (1, cout, size, size), (MatmulAttrs(cin, cout),), bias=True,
+                       residual=True, act="relu")  # fmt: skip
     rng = np.random.default_rng(5)
     w, b = rng.standard_normal((cout, cin)).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
     x = rng.standard_normal((2, cin, size, size)).astype(np.float32)
     r = rng.standard_normal((2, cout, size, size)).astype(np.float32)
     ref = np.maximum(np.einsum("oi,nihw->nohw", w, x) + b[:, None, None] + r, 0)
-    layer = native.NativeLayer(st_, [w, b])
+    layer = native.NativeLayer(spec, [w, b])
     for threads in (1, 2):
         native.set_threads(threads)
         assert np.abs(layer(x, r) - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -85,13 +85,17 @@ def test_unsupported_layout_runs_its_function_body():
     assert not ol.is_native(node)
     so = session_options(1)
     so.register_custom_ops_library(cd.get_library_path())
-    with pytest.raises(Exception, match="native_desc"):  # refused, with a pointer to native_model
-        ort.InferenceSession(fused.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # the bare recipe: the library runs the layer by its reference path (ref_desc)
+    bare = ort.InferenceSession(fused.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    before = ol.runs()
+    with torch.no_grad():
+        assert _close(run_session(bare, x), model(torch.from_numpy(x)).numpy())
+    assert ol.runs() == before + 1
     rewritten = ol.native_model(fused)
     assert [n.op_type for n in rewritten.graph.node if n.domain == node.domain] == [ol.REF_OP]
-    sess = build_session(fused, 1, native=True)
+    sess = build_session(fused, 1, native=True)  # native_model: onnxruntime runs the function body
     assert sess.cepd_native == "library" and sess.cepd_native_layers == []
-    x = np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype(np.float32)
     before = ol.runs()
     y = run_session(sess, x)
     assert ol.runs() == before
@@ -100,8 +104,9 @@ def test_unsupported_layout_runs_its_function_body():
 
 
 def test_native_model_keeps_supported_models():
-    layer = random_layer(8, 8, (1, 1), kappa=3)
-    fused = to_model(cd.lower(OneLayer(layer, False, False, None).eval(), (1, 8, 4, 4)), fused=True)
+    layer = random_layer(16, 16, (3, 3), kappa=3, padding=1)  # (an 8 -> 8 1x1 lowers to a dense conv)
+    fused = to_model(cd.lower(OneLayer(layer, False, False, None).eval(), (1, 16, 6, 6)), fused=True)
+    assert [ol.is_native(n) for n in fused.graph.node if n.op_type == OP_TYPE] == [True]
     assert ol.native_model(fused) is fused
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from cepd_deploy import build_model, convert, lower
 from cepd_deploy.cli import main
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.frontend.load import load_plan
 from cepd_deploy.plan.ir import Op, Plan
 from cepd_deploy.targets.pynq_z1 import csim, fixed, fxp, isa
 from cepd_deploy.targets.pynq_z1.config import EngineConfig
@@ -56,7 +57,8 @@ def sim():
 @pytest.fixture(scope="module")
 def cepd_project(tmp_path_factory):
     out = tmp_path_factory.mktemp("proj") / "cepd20"
-    result = build(cepd_resnet20(), out, input_shape=(3, 32, 32), csim=True, golden=3, label="cepd-resnet20")
+    plan = load_plan(cepd_resnet20(), (3, 32, 32)).plan
+    result = build(plan, out, csim=True, golden=3, label="cepd-resnet20")
     return out, result
 
 

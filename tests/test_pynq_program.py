@@ -79,7 +79,7 @@ def test_cepd_layers_become_fused_groups(cepd20):
         + [s.scatter.name for g in groups for s in g.steps if s.scatter]
         + [n.name for n in items if not isinstance(n, Group)]
     )
-    dropped = {n.name for n in cepd20.nodes if n.op is Op.MAXPOOL and n.attrs["kernel"] == (1, 1)}
+    dropped = {n.name for n in cepd20.nodes if n.op is Op.MAXPOOL and n.attrs.kernel == (1, 1)}
     assert sorted(covered + sorted(dropped)) == sorted(n.name for n in cepd20.nodes)  # each once
     for g in groups:
         if len(g.steps) > 1:

@@ -1,5 +1,7 @@
 """TVM target end to end: build -> shared library + manifest -> load -> numpy, checked against
-the Plan reference and torch (max error <= 1e-4 x max|y|); errors, atomic output, GPU codegen."""
+the Plan reference and torch (max error <= 1e-4 x max|y|); errors, atomic output, GPU codegen.
+The builds go through the Target (its passes first) or, where a test needs the build function's
+``log``, through :func:`cepd_deploy.targets.tvm.build` on a Plan."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ tvm = pytest.importorskip("tvm", reason="apache-tvm is not installed (pip instal
 
 import cepd_deploy as cd  # noqa: E402
 from cepd_deploy.errors import CEPDError  # noqa: E402
+from cepd_deploy.frontend.load import load_plan  # noqa: E402
 from cepd_deploy.plan.reference import run as reference  # noqa: E402
 from cepd_deploy.targets import tvm as tvm_target  # noqa: E402
+from cepd_deploy.targets.tvm import TVM, TVMCuda  # noqa: E402
 from cepd_deploy.targets.tvm.runtime import MANIFEST  # noqa: E402
 from tests.conftest import randomize_bn  # noqa: E402
 
@@ -32,13 +36,18 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def plan_of(model, shape):
+    """The Plan of a torch model for ``shape`` (N, C, H, W)."""
+    return load_plan(model, shape, batch=shape[0]).plan
+
+
 def check_roundtrip(model, out, shape, seed=1) -> dict:
-    manifest = tvm_target.build(model, out, verify=True, input_shape=shape)
+    plan = plan_of(model, shape)
+    manifest = TVM().build(plan, out, TVM.Options(verify=True)).figures
     assert max(manifest["verify"]["max_rel_err"].values()) <= TOL
     loaded = tvm_target.load(out)
     x = np.random.default_rng(seed).standard_normal(loaded.input_shape).astype(np.float32)
     y = loaded(x)
-    plan = cd.lower(model, loaded.input_shape)
     assert rel(y, reference(plan, x).numpy()) <= TOL
     with torch.no_grad():
         assert rel(y, model(torch.from_numpy(x)).numpy()) <= TOL
@@ -94,12 +103,16 @@ def test_load_errors(tmp_path):
 
 
 def test_build_errors(tmp_path, awkward):
+    plan = plan_of(awkward, (1, 3, 15, 17))
     with pytest.raises(CEPDError, match="unknown TVM target"):
-        tvm_target.build(awkward, tmp_path / "o", target="metal", input_shape=(3, 15, 17))
+        tvm_target.build(plan, tmp_path / "o", target="metal")
     with pytest.raises(CEPDError, match="parent does not exist"):
-        tvm_target.build(awkward, tmp_path / "a" / "b", input_shape=(3, 15, 17))
+        tvm_target.build(plan, tmp_path / "a" / "b")
+    with pytest.raises(CEPDError, match="takes a Plan, not a"):
+        tvm_target.build(awkward, tmp_path / "o")  # models are lowered by the caller
     with pytest.raises(CEPDError, match="input_shape"):
-        tvm_target.build(awkward, tmp_path / "o")
+        load_plan(awkward)  # ... which needs the input shape the model does not record
+    assert not (tmp_path / "o").exists()
 
 
 def test_failed_build_leaves_no_manifest(tmp_path, awkward, monkeypatch):
@@ -112,12 +125,12 @@ def test_failed_build_leaves_no_manifest(tmp_path, awkward, monkeypatch):
     monkeypatch.setattr(build_mod, "check_outputs", broken)
     out = tmp_path / "out"
     with pytest.raises(CEPDError, match="differs"):
-        tvm_target.build(awkward, out, verify=True, input_shape=(1, 3, 15, 17))
+        tvm_target.build(plan_of(awkward, (1, 3, 15, 17)), out, verify=True)
     assert not (out / MANIFEST).exists() and list(out.iterdir()) == []
 
 
 def test_input_shape_is_checked(tmp_path, awkward):
-    tvm_target.build(awkward, tmp_path, input_shape=(1, 3, 15, 17))
+    tvm_target.build(plan_of(awkward, (1, 3, 15, 17)), tmp_path)
     model = tvm_target.load(tmp_path, threads=1)
     with pytest.raises(CEPDError, match="does not match"):
         model(np.zeros((1, 3, 16, 16), np.float32))
@@ -129,7 +142,7 @@ def cuda_executable(model, shape):
     from cepd_deploy.targets.tvm.host import make_target
     from cepd_deploy.targets.tvm.lowering import lower_plan
 
-    mod, lw = lower_plan(cd.lower(model, shape), arch="gpu")
+    mod, lw = lower_plan(TVMCuda().prepare(plan_of(model, shape)), arch="gpu")
     target = make_target("cuda", arch="sm_80")
     mod = schedule_module(mod, target)
     with target:
@@ -176,10 +189,8 @@ def test_tuning_fills_the_cache_and_later_builds_reuse_it(tmp_path, monkeypatch)
 
     monkeypatch.setenv(tune.CACHE_ENV, str(tmp_path / "cache"))
     torch.manual_seed(0)
-    model, logs = TinyNet().eval(), []
-    m = tvm_target.build(
-        model, tmp_path / "a", tune_trials=2, verify=True, input_shape=(1, 4, 8, 8), log=logs.append
-    )
+    plan, logs = plan_of(TinyNet().eval(), (1, 4, 8, 8)), []
+    m = tvm_target.build(plan, tmp_path / "a", tune_trials=2, verify=True, log=logs.append)
     assert m["tune_trials"] == 2 and max(m["verify"]["max_rel_err"].values()) <= TOL
     folders = list((tmp_path / "cache").iterdir())
     assert len(folders) == 1  # one contraction workload; the memory-bound kernels are not tuned
@@ -194,9 +205,7 @@ def test_tuning_fills_the_cache_and_later_builds_reuse_it(tmp_path, monkeypatch)
 
     monkeypatch.setattr(tune.Tuner, "_tune_one", no_tuning)
     logs.clear()
-    m2 = tvm_target.build(
-        model, tmp_path / "b", tune_trials=2, verify=True, input_shape=(1, 4, 8, 8), log=logs.append
-    )
+    m2 = tvm_target.build(plan, tmp_path / "b", tune_trials=2, verify=True, log=logs.append)
     assert any("cached" in line for line in logs) and m2["tuned_kernels"] == m["tuned_kernels"]
 
 
@@ -218,20 +227,21 @@ class Bottleneck(torch.nn.Module):
 
 
 def test_pointwise_rewrites_keep_the_values(tmp_path):
-    """Two 1x1 TT steps merge into one matmul (fewer MACs); a 1x1 S branch shares the first
-    step's GEMM; the build verifies against torch and the original Plan."""
+    """Two 1x1 TT steps merge into one matmul (fewer MACs: the target's pass); a 1x1 S branch
+    shares the first step's GEMM; the build verifies against torch and the original Plan."""
     from cepd_deploy.plan.cost import plan_macs
-    from cepd_deploy.plan.rewrite import merge_pointwise
+    from cepd_deploy.plan.passes import merge_pointwise
     from cepd_deploy.targets.tvm.lowering import lower_plan
 
     torch.manual_seed(0)
     model = cd.convert(randomize_bn(Bottleneck()), flops_remaining=0.6, input_shape=(1, 32, 16, 16)).eval()
     plan = cd.lower(model, (1, 32, 16, 16))
     merged = merge_pointwise(plan)
+    assert TVM.passes == ("merge_pointwise",) and TVM().prepare(plan).nodes == merged.nodes
     assert len(merged) < len(plan) and plan_macs(merged) < plan_macs(plan)
     x = np.random.default_rng(0).standard_normal(plan.input_shape).astype(np.float32)
     assert rel(reference(merged, x).numpy(), reference(plan, x).numpy()) <= TOL
-    _, lw = lower_plan(plan)
+    _, lw = lower_plan(merged)
     assert lw.joined and lw.folded  # the S branch rides along, the scatter is an epilogue
     check_roundtrip(model, tmp_path / "out", (1, 32, 16, 16))
 
@@ -252,7 +262,8 @@ def test_cli_build_llvm(tmp_path, capsys):
 def test_cuda_build_writes_a_library(tmp_path):
     """The whole --target cuda build: the library holds the kernels' CUDA C, compiled when it
     is loaded on a GPU machine (NVRTC or nvcc); verification needs that GPU."""
-    m = tvm_target.build(TinyNet().eval(), tmp_path, target="cuda", verify=True, input_shape=(1, 4, 8, 8))
+    plan = plan_of(TinyNet().eval(), (1, 4, 8, 8))
+    m = TVMCuda().build(plan, tmp_path, TVMCuda.Options(verify=True)).figures
     assert m["target"]["kind"] == "cuda" and (tmp_path / "model.so").stat().st_size > 0
     if not tvm.cuda(0).exist:
         assert m["verify"] == {"skipped": "no CUDA device on this machine"}
@@ -276,7 +287,7 @@ def test_a_tuned_schedule_with_wrong_results_is_never_used(tmp_path, monkeypatch
     monkeypatch.setattr(tune, "measure", corrupt_the_second)
     logs = []
     shape = (1, 4, 8, 8)
-    m = tvm_target.build(TinyNet().eval(), tmp_path / "a", tune_trials=1, input_shape=shape, log=logs.append)
+    m = tvm_target.build(plan_of(TinyNet().eval(), shape), tmp_path / "a", tune_trials=1, log=logs.append)
     assert m["tuned_kernels"] == 0 and any("wrong results" in line for line in logs)
     res = json.loads(next((tmp_path / "cache").glob(f"*/{tune.RESULT}")).read_text())
     assert res["tuned_us"] is None
@@ -287,15 +298,40 @@ def test_avx2_tilings_run_correctly():
     from tvm import relax
 
     from cepd_deploy.targets.tvm.build import relax_pipeline
+    from cepd_deploy.targets.tvm.host import configure_runtime
     from cepd_deploy.targets.tvm.lowering import lower_plan
 
     torch.manual_seed(0)
     model = cd.convert(randomize_bn(Bottleneck()), flops_remaining=0.6, input_shape=(1, 32, 16, 16)).eval()
     plan = cd.lower(model, (1, 32, 16, 16))
-    mod, _ = lower_plan(plan, simd=8)
+    mod, _ = lower_plan(TVM().prepare(plan), simd=8)
+    configure_runtime()
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 1})
     with target:
         ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline())
     x = np.random.default_rng(0).standard_normal(plan.input_shape).astype(np.float32)
     y = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert rel(y, reference(plan, x).numpy()) <= TOL
+
+
+def test_tuning_survives_unnamed_handlers_on_metaschedules_logger(tmp_path, monkeypatch):
+    """A host application's handler without a name (pytest's log capture is one) sits on
+    MetaSchedule's logger: tuning twice in one process still works, and the handler is put back."""
+    import logging
+
+    from cepd_deploy.targets.tvm import tune
+
+    monkeypatch.setenv(tune.CACHE_ENV, str(tmp_path / "cache"))
+    logger = logging.getLogger(tune.MS_LOGGER)
+    foreign = logging.Handler()
+    assert foreign.get_name() is None
+    logger.addHandler(foreign)
+    try:
+        for i, channels in enumerate((4, 6)):  # two distinct kernels: two MetaSchedule runs
+            net = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.ReLU())
+            shape = (1, channels, 8, 8)
+            m = tvm_target.build(plan_of(net.eval(), shape), tmp_path / f"m{i}", tune_trials=1)
+            assert m["tuned_kernels"] >= 0
+        assert foreign in logger.handlers
+    finally:
+        logger.removeHandler(foreign)

@@ -1,8 +1,10 @@
 """``run_bench``: dense baseline + CEPD models at FLOPs points, on every target, one table.
 
 Measured targets time dense and CEPD interleaved in the same loop (warm-up, then the median of
-``repeats`` rounds), so machine noise hits every model alike. Modelled targets evaluate their
-cost model on the same Plans. Every FLOPs figure comes from the Plan.
+``repeats`` rounds), so machine noise hits every model alike; every measured row records the
+machine (``bench.machine.machine_info`` at the start of the run: CPU, kernel build, threads, load
+average). Modelled targets evaluate their cost model on the same Plans. Every FLOPs figure comes
+from the Plan.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cepd_deploy.bench.adapters import MEASURED, MODELLED, TARGETS, modelled_ms, runner
+from cepd_deploy.bench.adapters import bench_targets, measured, modelled_ms, runner
+from cepd_deploy.bench.machine import machine_info
 from cepd_deploy.bench.paper import paper_latency, paper_speedup
 from cepd_deploy.errors import CEPDError
 
 
 @dataclass
 class Row:
+    """One line of the bench table: a model variant's per-image latency (ms) on one target, with
+    its speedup over the dense row of that target and the paper's figures where it has them."""
+
     model: str
     flops_remaining: float
     target: str
@@ -34,6 +40,7 @@ class Row:
     paper_speedup: float | None = None
     params_remaining: float = 1.0
     details: dict = field(default_factory=dict)
+    machine: dict | None = None  # measured rows: where (``bench.machine.machine_info``)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -41,6 +48,9 @@ class Row:
 
 @dataclass
 class Variant:
+    """A model bench times: the dense model or one CEPD conversion, its Plan and its FLOPs and
+    params remaining (fractions of dense)."""
+
     label: str
     target_flops: float
     model: object
@@ -57,10 +67,12 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     least measured latency at ``threads`` threads on stock onnxruntime or on the custom-op
     library; labels get a ``-lat`` / ``-lib`` suffix).
     """
+    if Path(arch).is_file():
+        return _file_variants(Path(arch), batch)
     from cepd_deploy import build_model, convert, lower
+    from cepd_deploy.frontend.allocation import TAGS, allocation_kwargs
     from cepd_deploy.model.zoo import input_shape
     from cepd_deploy.plan.cost import totals
-    from cepd_deploy.targets.onnx.latency import TAGS, allocation_kwargs
 
     kw = allocation_kwargs(allocation, threads)
     suffix = f"-{TAGS[allocation]}" if TAGS[allocation] else ""
@@ -76,10 +88,30 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     return out
 
 
+def _file_variants(path: Path, batch: int) -> list[Variant]:
+    """A CEPD model file and the dense zoo architecture it records, as the two variants."""
+    from cepd_deploy.frontend.load import load_plan
+    from cepd_deploy.model.zoo import ZOO, build_model
+    from cepd_deploy.plan.cost import totals
+
+    cepd = load_plan(path, batch=batch)
+    arch = (getattr(cepd.model, "cepd_arch", None) or {}).get("name")
+    if arch not in ZOO:
+        raise CEPDError(f"{path}: bench compares a model with its dense zoo architecture, and "
+                        "this file records none (a custom network); time it with a target's runner")
+    dense = load_plan(build_model(arch).eval(), cepd.plan.input_shape[1:], batch=batch)
+    out = []
+    for label, loaded in (("dense", dense), ("cepd", cepd)):
+        t = totals(loaded.plan)
+        out.append(Variant(label, t["flops_remaining"], loaded.model, loaded.plan, t["flops_remaining"],
+                           t["params_remaining"]))  # fmt: skip
+    return out
+
+
 def run_bench(
     arch: str = "resnet50",
     points=(0.663, 0.461, 0.371),
-    targets=TARGETS,
+    targets=("pynq-z1", "eyeriss", "onnxruntime", "torch"),
     *,
     threads: int = 2,
     repeats: int = 15,
@@ -89,20 +121,27 @@ def run_bench(
     allocation: str = "uniform",
 ) -> list[Row]:
     """Latency rows for every (model variant, target); speedups against the dense row."""
-    unknown = [t for t in targets if t not in TARGETS]
+    valid = bench_targets()
+    unknown = [t for t in targets if t not in valid]
     if unknown:
-        raise CEPDError(f"unknown bench target {unknown[0]!r}; valid: {', '.join(TARGETS)}")
+        raise CEPDError(f"unknown bench target {unknown[0]!r}; valid: {', '.join(valid)}")
     if any(not 0 < f < 1 for f in points):
         raise CEPDError("FLOPs points must lie in (0, 1)")
+    machine = machine_info(threads)  # the load average before this run loads the machine
     variants = build_variants(arch, points, progress=progress, allocation=allocation, threads=threads)
+    arch = Path(arch).stem if Path(arch).is_file() else arch  # rows are named "<arch>-<variant>"
     rows: list[Row] = []
-    for target in [t for t in targets if t in MODELLED]:
+    options = {"eyeriss": {"spec": eyeriss_spec}}
+    for target in [t for t in targets if not measured(t)]:
         for v in tqdm(variants, desc=target, disable=not progress, unit="model"):
-            ms, details = modelled_ms(target, v.plan, eyeriss_spec=eyeriss_spec)
+            ms, details = modelled_ms(target, v.plan, options.get(target))
             rows.append(_row(arch, v, target, "modelled", ms, details))
-    measured = [t for t in targets if t in MEASURED]
-    if measured:
-        rows += _measure(arch, variants, measured, threads, repeats, warmup, progress)
+    timed = [t for t in targets if measured(t)]
+    if timed:
+        rows += _measure(arch, variants, timed, threads, repeats, warmup, progress)
+        for r in rows:
+            if r.kind == "measured":
+                r.machine = machine
     _speedups(rows)
     return rows
 
@@ -113,7 +152,7 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress) -> lis
         runners = {}
         for target in targets:
             for v in tqdm(variants, desc=f"prepare {target}", disable=not progress, unit="model"):
-                runners[(target, v.label)] = runner(target, v.model, v.plan, threads, Path(tmp))
+                runners[(target, v.label)] = runner(target, v.plan, threads, Path(tmp))
         times = {key: [] for key in runners}
         for _ in range(warmup):
             for fn in runners.values():
@@ -133,8 +172,8 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress) -> lis
 
 def _row(arch, v: Variant, target: str, kind: str, ms: float, details: dict) -> Row:
     return Row(model=f"{arch}-{v.label}", flops_remaining=round(v.flops_remaining, 4), target=target,
-               kind=kind, latency_ms=ms, paper_latency_ms=paper_latency(target, v.target_flops),
-               paper_speedup=paper_speedup(target, v.target_flops),
+               kind=kind, latency_ms=ms, paper_latency_ms=paper_latency(target, v.target_flops, arch),
+               paper_speedup=paper_speedup(target, v.target_flops, arch),
                params_remaining=round(v.params_remaining, 4), details=details)  # fmt: skip
 
 

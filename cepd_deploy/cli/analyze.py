@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cepd_deploy.cli.common import add_json_arg, add_model_arg, output_path, print_json
 
 
 def register(sub) -> None:
+    """Add ``analyze`` and its three analyses to the subparsers ``sub``."""
     p = sub.add_parser("analyze", help="the paper's analyses: sequence, format, admm-vs-direct",
                        description="Analyses of CEPD's design choices, each printed as a table "
-                       "(or --json) and drawn as a PNG.")  # fmt: skip
+                       "(or --json) and, with --png, drawn as a figure.")  # fmt: skip
     kinds = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
     s = kinds.add_parser("sequence", help="weight MSE of L+S, S(L), L(S) per layer (Tables 5-7)",
@@ -22,7 +24,7 @@ def register(sub) -> None:
     s.add_argument("--sparsity", type=float, default=0.9, help="filter sparsity of S (default 0.9)")
     s.add_argument("--layout", default="o-k-i", help="TT layout (default o-k-i)")
     s.add_argument("--iters", type=int, default=100, help="ADMM rounds for L+S (default 100)")
-    s.add_argument("--png", default="analyze-sequence.png", help="figure path")
+    s.add_argument("--png", metavar="PATH", help="also draw the figure to PATH (.png)")
     add_json_arg(s)
     s.set_defaults(func=run_sequence)
 
@@ -36,7 +38,7 @@ def register(sub) -> None:
     f.add_argument("--data", default="digits", help="where the real inputs come from (default digits)")
     f.add_argument("--samples", type=int, default=128, help="test images fed through (default 128)")
     f.add_argument("--layout", default="o-k-i", help="TT layout (default o-k-i)")
-    f.add_argument("--png", default="analyze-format.png", help="figure path")
+    f.add_argument("--png", metavar="PATH", help="also draw the figure to PATH (.png)")
     add_json_arg(f)
     f.set_defaults(func=run_format)
 
@@ -53,7 +55,7 @@ def register(sub) -> None:
     add_training_args(a)
     a.add_argument("--out-dir", help="keep every model and log here (default: a temporary folder)")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
-    a.add_argument("--png", default="analyze-admm-vs-direct.png", help="figure path")
+    a.add_argument("--png", metavar="PATH", help="also draw the figure to PATH (.png)")
     add_json_arg(a)
     a.set_defaults(func=run_admm_vs_direct)
 
@@ -62,19 +64,30 @@ def _fmt(x: float) -> str:
     return f"{x:.3e}"
 
 
+def _png(args: argparse.Namespace) -> Path | None:
+    """The --png path (checked before the work), or None: figures only when asked for."""
+    return output_path(args.png, suffix=".png") if args.png else None
+
+
+def _figure(png: Path | None) -> str:
+    return f"; figure {png}" if png else ""
+
+
 def run_sequence(args: argparse.Namespace) -> int:
+    """``analyze sequence``: print (or --json) the per-layer weight MSE of L+S, S(L) and L(S)."""
+    png = _png(args)  # before anything heavy loads
     from cepd_deploy.compress.analysis import sequence
     from cepd_deploy.compress.plots import plot_sequence
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.report import format_table
 
-    png = output_path(args.png, suffix=".png")
     model, shape, label = resolve(args.model, args.input_shape)
     res = sequence(model, shape, ratio=args.ratio, sparsity=args.sparsity, layout=args.layout,
                    iters=args.iters)  # fmt: skip
     res["model"] = label
-    plot_sequence(res, png)
-    res["png"] = str(png)
+    if png:
+        plot_sequence(res, png)
+        res["png"] = str(png)
     if args.json:
         print_json(res)
         return 0
@@ -84,18 +97,20 @@ def run_sequence(args: argparse.Namespace) -> int:
     print(format_table(["layer", "weight", "ranks", "kept", "ratio", "L+S", "S(L)", "L(S)", "lowest"],
                        rows, "lllrrrrrl"))  # fmt: skip
     wins = ", ".join(f"{k} {v}" for k, v in res["wins"].items())
-    print(f"lowest MSE ({len(res['layers'])} layers): {wins}; figure {png}")
+    print(f"lowest MSE ({len(res['layers'])} layers): {wins}{_figure(png)}")
     return 0
 
 
 def run_format(args: argparse.Namespace) -> int:
+    """``analyze format``: print (or --json) the weight and feature-map errors of SVD, Tucker and TT
+    per layer, one table per compression ratio."""
+    png = _png(args)  # before anything heavy loads
     from cepd_deploy.compress.analysis import formats, sample_images
     from cepd_deploy.compress.approx import FORMATS
     from cepd_deploy.compress.plots import plot_formats
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.report import format_table
 
-    png = output_path(args.png, suffix=".png")
     model, shape, label = resolve(args.model, args.input_shape)
     images = sample_images(args.data, args.samples, image_size=shape[-1])
     if tuple(images.shape[1:]) != tuple(shape[1:]):
@@ -105,8 +120,9 @@ def run_format(args: argparse.Namespace) -> int:
                         f"{tuple(shape[1:])}")  # fmt: skip
     res = formats(model, shape, images, ratios=tuple(args.ratios), layout=args.layout)
     res["model"] = label
-    plot_formats(res, png)
-    res["png"] = str(png)
+    if png:
+        plot_formats(res, png)
+        res["png"] = str(png)
     if args.json:
         print_json(res)
         return 0
@@ -129,23 +145,27 @@ def run_format(args: argparse.Namespace) -> int:
         print(format_table(heads, rows, "l" + "r" * 6))
         wins = ", ".join(f"{k} {v}" for k, v in res["feature_wins"][str(ratio)].items())
         print(f"lowest feature-map error: {wins}\n")
-    print(f"figure {png}")
+    if png:
+        print(f"figure {png}")
     return 0
 
 
 def run_admm_vs_direct(args: argparse.Namespace) -> int:
+    """``analyze admm-vs-direct``: print (or --json) the test accuracy (%) of ADMM and direct
+    compression at each target after identical fine-tuning."""
+    png = _png(args)  # before anything heavy loads
     from cepd_deploy.cli.compress import config_from
     from cepd_deploy.compress.analysis import admm_vs_direct
     from cepd_deploy.compress.plots import plot_admm_vs_direct
     from cepd_deploy.plan.report import format_table
 
-    png = output_path(args.png, suffix=".png")
     metric = "params" if args.params_remaining else "flops"
     targets = args.params_remaining or args.flops_remaining or [0.5, 0.35, 0.2]
     base = config_from(args, output="", flops_remaining=targets[0])
     res = admm_vs_direct(base, targets, metric=metric, out_dir=args.out_dir, progress=not args.no_progress)
-    plot_admm_vs_direct(res, png)
-    res["png"] = str(png)
+    if png:
+        plot_admm_vs_direct(res, png)
+        res["png"] = str(png)
     if args.json:
         print_json(res)
         return 0
@@ -153,8 +173,13 @@ def run_admm_vs_direct(args: argparse.Namespace) -> int:
              f"{r['direct_before_ft']:.2f}", f"{r['direct']:.2f}", f"{r['ADMM_before_ft']:.2f}",
              f"{r['ADMM']:.2f}", f"{r['ADMM'] - r['direct']:+.2f}"] for r in res["rows"]]  # fmt: skip
     heads = ["target", "FLOPs", "params", "direct (no FT)", "direct", "ADMM (no FT)", "ADMM", "ADMM-direct"]
-    print(f"test accuracy (%), dense baseline {res['rows'][0]['baseline_accuracy']:.2f}; "
-          f"{res['epochs_admm']} ADMM epochs, {res['epochs_finetune']} fine-tuning epochs for both")
+    epochs = f"{_epochs(res['epochs_admm'], 'ADMM')}, {_epochs(res['epochs_finetune'], 'fine-tuning')}"
+    print(f"test accuracy (%), dense baseline {res['rows'][0]['baseline_accuracy']:.2f}; {epochs} for both")
     print(format_table(heads, rows, "l" + "r" * 7))
-    print(f"ADMM ahead at {res['admm_wins']} of {len(res['rows'])} targets; figure {png}")
+    print(f"ADMM ahead at {res['admm_wins']} of {len(res['rows'])} targets{_figure(png)}")
     return 0
+
+
+def _epochs(n: int, kind: str) -> str:
+    """``1 ADMM epoch``, ``3 ADMM epochs``."""
+    return f"{n} {kind} epoch{'' if n == 1 else 's'}"

@@ -6,13 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from cepd_deploy.cli.common import measure_on_hugepages, output_path, print_json
-from cepd_deploy.targets.onnx.latency import ALLOCATIONS
+from cepd_deploy import threads
+from cepd_deploy.cli.common import count, measure_on_hugepages, output_path, positive_int, print_json
+from cepd_deploy.names import ALLOCATIONS
 
 
 def register(sub) -> None:
-    from cepd_deploy.bench.adapters import TARGETS
+    """Add ``bench`` to the subparsers ``sub`` (its targets: those bench can time or model)."""
+    from cepd_deploy.bench.adapters import bench_targets
 
+    names = bench_targets()
     p = sub.add_parser(
         "bench",
         help="latency of dense vs CEPD models on every target, next to the paper's table",
@@ -21,45 +24,50 @@ def register(sub) -> None:
         "tvm and torch, dense and CEPD interleaved, median of --repeats), the speedup over dense "
         "on the same target and the fraction of the FLOPs ideal (speedup x FLOPs remaining).",
     )
-    p.add_argument("--model", default="resnet50", help="zoo architecture (default resnet50)")
+    p.add_argument("--model", default="resnet50",
+                   help="zoo architecture (default resnet50), or a CEPD model file: then that model against "
+                   "its dense architecture, and --flops-remaining and --allocation do not apply")  # fmt: skip
     p.add_argument("--flops-remaining", type=float, nargs="+", default=[0.663, 0.461, 0.371],
                    metavar="F", help="CEPD operating points (default: the paper's three)")  # fmt: skip
     p.add_argument("--targets", nargs="+", default=["pynq-z1", "eyeriss", "onnxruntime", "torch"],
-                   choices=TARGETS, metavar="T", help=f"any of: {', '.join(TARGETS)}")  # fmt: skip
+                   choices=names, metavar="T", help=f"any of: {', '.join(names)}")  # fmt: skip
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="rank allocation of the CEPD models (as for convert; default uniform)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for measured targets")
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=threads.arg, default=2, help="intra-op threads for measured targets")
+    p.add_argument("--repeats", type=positive_int, default=15, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=count, default=3, help="untimed rounds before the timed ones (default 3)")
     p.add_argument("--eyeriss-spec", default="eyeriss_scaled",
                    help="Eyeriss preset or YAML path (default: the preset at the paper's scale)")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
                    help="write the rows as JSON to PATH (or print them with no PATH)")  # fmt: skip
-    p.add_argument("--csv", metavar="PATH")
-    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--csv", metavar="PATH", help="write the rows as CSV to PATH")
+    p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown to PATH")
     p.add_argument("--plot", metavar="PATH", help="PNG: speedup vs FLOPs remaining per target")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cepd_deploy.bench import report as rep
-    from cepd_deploy.bench import run_bench
-    from cepd_deploy.bench.adapters import MEASURED
-    from cepd_deploy.model.format import atomic_write
-
+    """``bench``: run the table, write the files asked for (--json/--csv/--markdown/--plot) and print
+    it (or its JSON)."""
     outs = {k: output_path(v) for k, v in (("json", args.json), ("csv", args.csv),
             ("markdown", args.markdown), ("plot", args.plot)) if v and v != "-"}  # fmt: skip
-    if any(t in MEASURED for t in args.targets):
-        measure_on_hugepages()
+    from cepd_deploy.bench.adapters import measured
+
+    if any(measured(t) for t in args.targets):
+        measure_on_hugepages()  # re-executes: before anything heavy loads
+    from cepd_deploy.bench import report as rep
+    from cepd_deploy.bench import run_bench
+    from cepd_deploy.files import atomic_write
+
     rows = run_bench(args.model, tuple(args.flops_remaining), tuple(args.targets), threads=args.threads,
                      repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
                      progress=not args.quiet, allocation=args.allocation)  # fmt: skip
-    payload = {"model": args.model, "rows": [r.to_json() for r in rows]}
+    payload = rep.to_payload(rows, args.model)  # the machine of the measured rows included
     texts = {"json": json.dumps(payload, indent=1), "csv": rep.to_csv(rows), "markdown": rep.markdown(rows)}
     for key, path in outs.items():
         if key == "plot":
-            atomic_write(path, lambda f: rep.plot(rows, f))
+            atomic_write(path, lambda f: rep.plot(rows, f, args.model))
         else:
             atomic_write(path, lambda f, t=texts[key]: f.write(t.encode()))
     if args.json == "-":

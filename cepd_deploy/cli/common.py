@@ -7,23 +7,28 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from cepd_deploy.errors import CEPDError
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
+    """Add the MODEL argument and ``--input-shape C H W`` to ``p``."""
     p.add_argument("model", metavar="MODEL", help="a CEPD model file (.pt) or a zoo name (e.g. resnet50)")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="input shape (default: the one recorded in the file / the zoo's)")  # fmt: skip
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--json`` (print the figures as one JSON object) to ``p``."""
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
 def print_json(obj) -> None:
+    """Print ``obj`` as indented JSON (arrays as lists, paths as strings)."""
     json.dump(obj, sys.stdout, indent=2, default=_default)
     sys.stdout.write("\n")
 
@@ -37,13 +42,49 @@ def _default(o):
 
 
 def output_path(path: str, *, suffix: str | None = None) -> Path:
-    """Check an output file's folder exists (a user error otherwise)."""
+    """Check an output file can be written (a one-line user error otherwise): its folder exists
+    and takes new files, and the path is not a folder. Removes the hidden temporary files that
+    killed runs left beside it (``.NAME.*.tmp``, older than an hour)."""
+    from cepd_deploy.ownership import sweep_stale
+
     out = Path(path)
     if suffix and out.suffix != suffix:
         raise CEPDError(f"output file should end in {suffix}: {out}")
     if not out.parent.exists():
         raise CEPDError(f"output folder does not exist: {out.parent}")
+    if out.is_dir():
+        raise CEPDError(f"output path is a folder, not a file: {out}")
+    if not out.parent.is_dir():
+        raise CEPDError(f"output folder is not a folder: {out.parent}")
+    try:  # the write itself comes later, after the work: find out now whether it can happen
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise CEPDError(f"cannot write to the output folder {out.parent}: {exc.strerror or exc}") from None
+    sweep_stale(out.parent, rf"\.{re.escape(out.name)}\.[0-9a-z_]{{8}}\.tmp")
     return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def fraction(text: str) -> float:
@@ -92,7 +133,24 @@ def measure_on_hugepages() -> None:
     (``COMMAND_PROCESS``); ``CEPD_DEPLOY_HUGEPAGES=0`` opts out.
     """
     if COMMAND_PROCESS:
-        reexec_on_hugepages(["-m", "cepd_deploy", *sys.argv[1:]])
+        reexec_on_hugepages(command_argv(sys.argv[1:]))
+
+
+#: How the command re-executes itself: never ``-m cepd_deploy``, which would import a
+#: ``cepd_deploy`` folder from the current directory first; instead the package folder this
+#: process runs is put first on ``sys.path`` (replacing the current directory's entry).
+_BOOT = ("import sys; p = sys.argv.pop(1); "
+         "sys.path[:1] = [p] if sys.path[:1] == [''] else [p, *sys.path[:1]]; "
+         "from cepd_deploy.cli import entry; entry()")  # fmt: skip
+
+
+def command_argv(args: list[str]) -> list[str]:
+    """Interpreter arguments that run this very ``cepd_deploy`` package's command with ``args``,
+    whatever the current directory holds (``-P`` where Python has it, and an explicit path)."""
+    import cepd_deploy
+
+    root = str(Path(cepd_deploy.__file__).resolve().parent.parent)
+    return [*(["-P"] if sys.version_info >= (3, 11) else []), "-c", _BOOT, root, *args]
 
 
 def reexec_on_hugepages(args: list[str]) -> None:
@@ -102,4 +160,5 @@ def reexec_on_hugepages(args: list[str]) -> None:
     if env is not None and sys.executable:
         sys.stdout.flush()
         sys.stderr.flush()
+        env["CEPD_DEPLOY_REEXECUTED"] = "1"  # notices already printed are not printed again
         os.execve(sys.executable, [sys.executable, *args], env)

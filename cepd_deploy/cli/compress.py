@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from cepd_deploy import threads
 from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_json
-from cepd_deploy.targets.onnx.latency import ALLOCATIONS
+from cepd_deploy.names import ALLOCATIONS
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """Options shared with ``analyze admm-vs-direct`` (defaults from CompressConfig)."""
-    from cepd_deploy.compress.pipeline import CompressConfig
+    from cepd_deploy.compress.config import CompressConfig
 
     d = CompressConfig(output="")
     p.add_argument("--arch", default="resnet20", help="zoo architecture (default resnet20)")
@@ -49,11 +50,12 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate on the first N test images only (quick runs)")
     p.add_argument("--image-size", type=int, help="imagefolder image size (default 224)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes for image folders")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=threads.arg, help="torch CPU threads (default: torch's choice)")
 
 
 def config_from(args: argparse.Namespace, **overrides):
-    from cepd_deploy.compress.pipeline import CompressConfig
+    """The CompressConfig of the training options in ``args``, ``overrides`` on top."""
+    from cepd_deploy.compress.config import CompressConfig
 
     kw = dict(
         arch=args.arch, data=args.data, sparsity=args.sparsity, layout=args.layout, weights=args.weights,
@@ -70,13 +72,14 @@ def config_from(args: argparse.Namespace, **overrides):
 
 
 def register(sub) -> None:
+    """Add ``compress`` to the subparsers ``sub``."""
     p = sub.add_parser(
         "compress",
         help="compress a network with CEPD ADMM (train/load baseline, ADMM, fine-tune)",
         description="Train the dense baseline (or load --weights), allocate TT ranks and kept filters "
         "for the target, run ADMM with hard constraints, convert to the compact CEPD model, fine-tune "
-        "and save it. Writes OUTPUT, OUTPUT's .log.jsonl and .curves.png; checkpoints every epoch "
-        "(OUTPUT.ckpt, resume with --resume). Runs under torchrun for DistributedDataParallel.",
+        "and save it. Writes OUTPUT and OUTPUT's .log.jsonl (--plot: a PNG of the curves); checkpoints "
+        "every epoch (OUTPUT.ckpt, resume with --resume). Runs under torchrun for DistributedDataParallel.",
     )
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--flops-remaining", type=fraction, help="target fraction of dense MACs, e.g. 0.5")
@@ -89,20 +92,25 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="output CEPD model file (.pt)")
+    p.add_argument("--plot", metavar="PATH", help="also draw the loss/accuracy curves as a PNG here")
     add_json_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``compress``: check the output paths, run the pipeline and print what it wrote (rank 0 only
+    under torchrun)."""
     from cepd_deploy.compress.pipeline import compress
 
     out = output_path(args.output)
     if args.baseline_out:
         output_path(args.baseline_out)
+    if args.plot:
+        output_path(args.plot, suffix=".png")
     cfg = config_from(args, output=str(out), flops_remaining=args.flops_remaining,
                       params_remaining=args.params_remaining, config=args.config,
                       baseline_out=args.baseline_out, resume=args.resume,
-                      allocation=args.allocation)  # fmt: skip
+                      allocation=args.allocation, plot=args.plot)  # fmt: skip
     result = compress(cfg, progress=not args.no_progress)
     if not result["main_process"]:
         return 0  # under torchrun only rank 0 reports
@@ -113,6 +121,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: accuracy {result['accuracy']:.2f}% (dense baseline "
               f"{result['baseline_accuracy']:.2f}%, after ADMM before fine-tuning "
               f"{result['admm_accuracy']:.2f}%), {result['flops_remaining']:.1%} FLOPs and "
-              f"{result['params_remaining']:.1%} params remaining; log {result['log']}, "
-              f"curves {result['plot']}")  # fmt: skip
+              f"{result['params_remaining']:.1%} params remaining; log {result['log']}"
+              + (f", curves {result['plot']}" if result["plot"] else ""))  # fmt: skip
     return 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from cepd_deploy import threads
 from cepd_deploy.cli.common import add_json_arg, fraction, measure_on_hugepages, output_path, print_json
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.targets.onnx.latency import ALLOCATIONS, allocation_kwargs
+from cepd_deploy.names import ALLOCATIONS
 
 
 def register(sub) -> None:
+    """Add ``convert`` to the subparsers ``sub``."""
     p = sub.add_parser(
         "convert",
         help="replace convs by CEPD convs at a FLOPs/params target or from a rank config",
@@ -36,36 +38,40 @@ def register(sub) -> None:
                    "16; each layer option is measured once, cached")
     p.add_argument("--rank-multiple", type=int, default=None,
                    help="allocate ranks in multiples of this (default 1; 16 with a latency allocation)")
-    p.add_argument("--threads", type=int, default=2, help="threads for a latency allocation (default 2)")
+    p.add_argument("--threads", type=threads.arg, default=2,
+                   help="threads for a latency allocation (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (latency allocations)")
     p.add_argument("-o", "--output", required=True, help="output model file (.pt)")
     add_json_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cepd_deploy.model.convert import convert
+    """``convert``: convert the model at the target, save it and print its FLOPs and params remaining."""
+    if args.allocation != "uniform":
+        measure_on_hugepages()  # the allocation measures latency: first, before loading anything
+    out = output_path(args.output)  # the argument errors first, before anything heavy loads
+    if args.weights and not args.arch:
+        raise CEPDError("--weights goes with --arch")
+    if args.allocation != "uniform" and args.config:
+        raise CEPDError(f"--allocation {args.allocation} needs --flops-remaining or --params-remaining")
+    if args.rank_multiple is not None and args.rank_multiple < 1:
+        raise CEPDError(f"--rank-multiple must be >= 1, got {args.rank_multiple}")
+    from cepd_deploy.frontend.allocation import allocation_kwargs
+    from cepd_deploy.frontend.convert import convert
+    from cepd_deploy.frontend.lower import lower
     from cepd_deploy.model.format import load, resolve, save
     from cepd_deploy.model.zoo import build_model
     from cepd_deploy.plan.cost import totals
-    from cepd_deploy.plan.lower import lower
 
-    if args.allocation != "uniform":
-        measure_on_hugepages()  # the allocation measures latency: first, before loading anything
-    out = output_path(args.output)
     if args.arch:
         model, shape, _ = resolve(args.arch)
         if args.weights:
             model = load(args.weights, template=build_model(args.arch))
     else:
-        if args.weights:
-            raise CEPDError("--weights goes with --arch")
         model, shape, _ = resolve(args.model)
-    if args.allocation != "uniform" and args.config:
-        raise CEPDError(f"--allocation {args.allocation} needs --flops-remaining or --params-remaining")
-    kw = allocation_kwargs(args.allocation, args.threads)
+    kw = allocation_kwargs(args.allocation, args.threads, progress=not args.no_progress)
     if args.rank_multiple is not None:
-        if args.rank_multiple < 1:
-            raise CEPDError(f"--rank-multiple must be >= 1, got {args.rank_multiple}")
         kw["rank_multiple"] = args.rank_multiple
     cepd = convert(model, flops_remaining=args.flops_remaining, params_remaining=args.params_remaining,
                    config=args.config, sparsity=args.sparsity, layout=args.layout,

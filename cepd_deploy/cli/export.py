@@ -10,6 +10,7 @@ FORMATS = ["onnx"]
 
 
 def register(sub) -> None:
+    """Add ``export`` to the subparsers ``sub``."""
     p = sub.add_parser(
         "export",
         help="export a model's Plan to ONNX (standard ops, or fused TTSparseConv nodes)",
@@ -29,30 +30,39 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``export``: write the model's Plan as ONNX (with --verify, only once it passes) and print
+    what was written; 1 where verification failed."""
+    out = output_path(args.output, suffix=".onnx")  # before anything heavy loads
+    import onnx
+
+    from cepd_deploy.files import atomic_write
+    from cepd_deploy.frontend.lower import lower
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.cost import totals
-    from cepd_deploy.plan.lower import lower
-    from cepd_deploy.targets.onnx import export
+    from cepd_deploy.targets.onnx import prepare, to_model
 
-    out = output_path(args.output, suffix=".onnx")
     model, shape, label = resolve(args.model, args.input_shape)
     plan = lower(model, shape)
-    export(plan, out, fused=args.fused)
+    proto = to_model(prepare(plan), fused=args.fused, name=out.stem)
     result = {"model": label, "output": str(out), "format": args.format, "fused": args.fused,
               "input_shape": list(shape), "totals": totals(plan)}  # fmt: skip
-    if args.verify:
-        import onnx
-
+    if args.verify:  # the file is written only once the model passes
         from cepd_deploy.targets.onnx.verify import compare, summary
 
-        checks = compare(plan, onnx.load(str(out)), model, samples=max(1, args.samples))
+        checks = compare(plan, proto, model, samples=max(1, args.samples))
         result["verify"] = summary(checks)
         result["checks"] = [c.as_dict() for c in checks]
+    written = not args.verify or result["verify"]["ok"]
+    if written:
+        atomic_write(out, lambda f: onnx.save(proto, f))
+    else:
+        result["output"] = None
     if args.json:
         print_json(result)
     else:
         kind = "fused" if args.fused else "portable"
-        print(f"wrote {out} ({kind} ONNX, {result['totals']['flops_remaining']:.1%} FLOPs remaining)")
+        what = f"{kind} ONNX, {result['totals']['flops_remaining']:.1%} FLOPs remaining"
+        print(f"wrote {out} ({what})" if written else f"not written: {out} ({what}) failed verification")
         if args.verify:
             for c in (c for c in result["checks"] if c["value"] == plan.output):
                 print(f"  output {c['value']} vs {c['against']}: max abs error {c['max_abs_error']:.3g}"

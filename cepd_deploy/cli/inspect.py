@@ -8,6 +8,7 @@ from cepd_deploy.cli.common import add_json_arg, add_model_arg, print_json
 
 
 def register(sub) -> None:
+    """Add ``inspect`` to the subparsers ``sub``."""
     p = sub.add_parser(
         "inspect",
         help="per-layer structure, params and MACs of a model file or zoo model",
@@ -20,10 +21,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``inspect``: print the model's per-layer table and totals (or their JSON)."""
+    from cepd_deploy.frontend.lower import lower
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.cost import totals
-    from cepd_deploy.plan.lower import lower
-    from cepd_deploy.plan.report import layer_rows
+    from cepd_deploy.plan.report import layer_rows, summary
 
     model, shape, label = resolve(args.model, args.input_shape)
     plan = lower(model, shape)
@@ -32,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
                     "totals": totals(plan)})  # fmt: skip
     else:
         print(f"{label}  input {tuple(shape)}")
-        print(plan.summary())
+        print(summary(plan))
     return 0

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.model.convert import convert
+from cepd_deploy.frontend.convert import convert
 from cepd_deploy.model.layers import CEPDConv2d, select_filters
 from cepd_deploy.plan.ttconv import TTConvSpec
 from cepd_deploy.tt import truncate_batch, tt_svd
@@ -35,8 +35,11 @@ class SplitConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, low: torch.Tensor, sparse: torch.Tensor) -> None:
         super().__init__()
-        self.low = nn.Parameter(low.detach().clone())
-        self.sparse = nn.Parameter(sparse.detach().clone())
+        # contiguous whatever the layout of ``low`` (a TT truncation is a permuted view): a run
+        # resumed from a checkpoint has contiguous tensors, and a conv sums in an order that
+        # depends on the weight's strides, so both runs must see the same memory layout
+        self.low = nn.Parameter(low.detach().clone(memory_format=torch.contiguous_format))
+        self.sparse = nn.Parameter(sparse.detach().clone(memory_format=torch.contiguous_format))
         self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
 
@@ -55,6 +58,7 @@ def layer_specs(model: nn.Module, **convert_kwargs) -> tuple[dict[str, dict], nn
 
 
 def spec_of(meta: dict) -> TTConvSpec:
+    """The TTConvSpec (layout, ranks, kappa, stride, padding, dilation) of a ``CEPDConv2d.meta()`` dict."""
     return CEPDConv2d.from_meta(meta).spec
 
 
@@ -148,7 +152,7 @@ class ADMM:
         with torch.no_grad():
             self.u = [torch.zeros_like(m.low) for m in self.layers]
             self.v = [torch.zeros_like(m.sparse) for m in self.layers]
-            self.low_hat = [m.low.detach().clone() for m in self.layers]
+            self.low_hat = [m.low.detach().clone(memory_format=torch.contiguous_format) for m in self.layers]
             self.sparse_hat = [filter_project(m.sparse.detach(), k) for m, k in zip(self.layers, self.kappas)]
 
     @torch.no_grad()
@@ -159,7 +163,7 @@ class ADMM:
         rank holds bit-identical L^ and S^ whatever its linear-algebra library does.
         """
         lows = [m.low.detach() + u for m, u in zip(self.layers, self.u)]
-        self.low_hat = truncate_batch(lows, self.layouts, self.ranks)
+        self.low_hat = [t.contiguous() for t in truncate_batch(lows, self.layouts, self.ranks)]
         self.sparse_hat = [filter_project(m.sparse.detach() + v, k)
                            for m, v, k in zip(self.layers, self.v, self.kappas)]  # fmt: skip
         if broadcast is not None:
@@ -209,4 +213,10 @@ class ADMM:
         if list(state["names"]) != self.names:
             raise CEPDError("checkpoint: the ADMM state is for other layers")
         for key in ("u", "v", "low_hat", "sparse_hat"):
-            setattr(self, key, [t.clone() for t in state[key]])
+            ours, theirs = getattr(self, key), state[key]
+            if len(theirs) != len(ours) or any(
+                not isinstance(t, torch.Tensor) or t.shape != o.shape or t.dtype != o.dtype
+                for t, o in zip(theirs, ours)
+            ):
+                raise CEPDError(f"checkpoint: the ADMM state {key!r} does not fit the layers")
+            setattr(self, key, [t.clone(memory_format=torch.contiguous_format) for t in theirs])

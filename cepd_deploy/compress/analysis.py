@@ -18,8 +18,8 @@ from torch import nn
 from cepd_deploy.compress.approx import FORMATS, SEQUENCES, format_approx, mse, sequence_ranks, sequences
 from cepd_deploy.compress.data import batches, load_data
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.frontend.lower import lower
 from cepd_deploy.model.layers import CEPDConv2d
-from cepd_deploy.plan.lower import lower
 
 
 def conv_layers(model: nn.Module, shape: tuple[int, ...]) -> dict[str, nn.Module]:

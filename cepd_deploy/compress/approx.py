@@ -19,7 +19,7 @@ import torch
 
 from cepd_deploy.compress.admm import filter_project
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.model.convert import kappa_for, rank_candidates
+from cepd_deploy.frontend.convert import kappa_for, rank_candidates
 from cepd_deploy.tt import TTLayout, truncate_batch
 
 SEQUENCES = ("L+S", "S(L)", "L(S)")
@@ -27,6 +27,7 @@ FORMATS = ("SVD", "Tucker", "TT")
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared difference of ``a`` and ``b``, computed in float64."""
     return float((a.double() - b.double()).pow(2).mean())
 
 
@@ -143,6 +144,8 @@ def tucker2_approx(w: torch.Tensor, budget: float, sweeps: int = 3) -> tuple[tor
 
 
 def tt_approx(w: torch.Tensor, budget: float, layout: str = "o-k-i") -> tuple[torch.Tensor, int] | None:
+    """TT truncation of ``w`` in ``layout`` at the largest ranks with params <= ``budget``, and
+    its params; None where no ranks fit."""
     o, i, kh, kw = w.shape
     lay = TTLayout.parse(layout, o, i, (kh, kw))
     ranks = largest_within(rank_candidates(lay.max_ranks), lay.params, budget)

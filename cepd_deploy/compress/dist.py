@@ -19,6 +19,8 @@ from cepd_deploy.errors import CEPDError
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in the run: its rank and the number of processes (one process: 0 of 1)."""
+
     rank: int = 0
     world: int = 1
 
@@ -46,6 +48,7 @@ def init() -> Dist:
 
 
 def shutdown(d: Dist) -> None:
+    """Leave the process group, where :func:`init` joined one."""
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -75,6 +78,7 @@ def sync_buffers(model: nn.Module, d: Dist) -> None:
 
 
 def all_sum(values: list[float], d: Dist) -> list[float]:
+    """``values`` summed element-wise over the ranks (a copy of them on one process)."""
     if not d.enabled:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
@@ -83,6 +87,7 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
 
 
 def barrier(d: Dist) -> None:
+    """Wait until every rank gets here (nothing on one process)."""
     if d.enabled:
         dist.barrier()
 

@@ -10,10 +10,11 @@ The model file is written atomically at the very end; the checkpoint is then rem
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +24,16 @@ from torch import nn
 from cepd_deploy.compress import dist as D
 from cepd_deploy.compress.admm import (
     ADMM,
-    Penalty,
     cepd_structure,
     layer_specs,
     split_structure,
     to_cepd,
     to_split,
 )
+from cepd_deploy.compress.config import CompressConfig  # noqa: F401  (re-exported)
 from cepd_deploy.compress.data import Data, load_data
 from cepd_deploy.compress.log import RunLog, plot_curves
 from cepd_deploy.compress.train import (
-    Schedule,
     dense_rebuild,
     evaluate,
     optimizer,
@@ -41,92 +41,21 @@ from cepd_deploy.compress.train import (
     train_epoch,
 )
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.model.format import atomic_write, load, save
+from cepd_deploy.files import atomic_write
+from cepd_deploy.model.format import load, save
 from cepd_deploy.model.layers import CEPDConv2d
+from cepd_deploy.untrusted import brief
 
 PHASES = ("baseline", "admm", "finetune")
 CHECKPOINT_FORMAT = "cepd-compress-checkpoint"
 _NOT_COMPARED = {"resume", "workers", "threads"}  # settings a resumed run may change
 
 
-@dataclass
-class CompressConfig:
-    """Everything a compress run depends on (defaults: the digits acceptance run)."""
-
-    output: str
-    arch: str | None = "resnet20"
-    data: str = "digits"
-    flops_remaining: float | None = None
-    params_remaining: float | None = None
-    config: str | None = None
-    sparsity: float = 0.9
-    layout: str = "o-k-i"
-    allocation: str = "uniform"  # or "ort-latency" (see cepd_deploy.targets.onnx.latency)
-    weights: str | None = None
-    baseline_out: str | None = None
-    epochs_baseline: int = 20
-    epochs_admm: int = 10
-    epochs_finetune: int = 10
-    lr_baseline: float = 0.1
-    lr_admm: float = 0.01
-    lr_finetune: float = 0.001
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    admm_lambda: float = 1.0
-    admm_lambda_growth: float = 1.5
-    admm_lambda_max: float = 50.0
-    project_every: int = 5
-    seed: int = 0
-    train_limit: int | None = None
-    test_limit: int | None = None
-    image_size: int | None = None
-    resume: bool = False
-    workers: int = 0
-    threads: int | None = None
-
-    def validate(self) -> None:
-        goals = [x is not None for x in (self.flops_remaining, self.params_remaining, self.config)]
-        if sum(goals) != 1:
-            raise CEPDError("give exactly one of --flops-remaining, --params-remaining or --config")
-        for name in ("epochs_baseline", "epochs_admm", "epochs_finetune", "project_every"):
-            if getattr(self, name) < 0:
-                raise CEPDError(f"{name.replace('_', '-')} must be >= 0")
-        for name in ("lr_baseline", "lr_admm", "lr_finetune", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise CEPDError(f"{name.replace('_', '-')} must be > 0")
-        if self.admm_lambda < 0 or self.admm_lambda_growth <= 0 or self.admm_lambda_max < 0:
-            raise CEPDError("the ADMM penalty settings must be non-negative (growth > 0)")
-        from cepd_deploy.targets.onnx.latency import ALLOCATIONS
-
-        if self.allocation not in ALLOCATIONS:
-            raise CEPDError(f"unknown allocation {self.allocation!r}: {' or '.join(ALLOCATIONS)}")
-        if self.allocation != "uniform" and self.config is not None:
-            raise CEPDError(f"--allocation {self.allocation} needs a FLOPs or params target, not --config")
-
-    def goal(self) -> dict:
-        from cepd_deploy.targets.onnx.latency import allocation_kwargs
-
-        return dict(flops_remaining=self.flops_remaining, params_remaining=self.params_remaining,
-                    config=self.config, sparsity=self.sparsity, layout=self.layout,
-                    **allocation_kwargs(self.allocation, self.threads or 2))  # fmt: skip
-
-    @property
-    def penalty(self) -> Penalty:
-        return Penalty(self.admm_lambda, self.admm_lambda_growth, self.admm_lambda_max)
-
-    def schedule(self, phase: str) -> Schedule:
-        epochs, lr = {"baseline": (self.epochs_baseline, self.lr_baseline),
-                      "admm": (self.epochs_admm, self.lr_admm),
-                      "finetune": (self.epochs_finetune, self.lr_finetune)}[phase]  # fmt: skip
-        return Schedule(epochs, lr, self.momentum, self.weight_decay)
-
-
 def side_paths(output: str | Path) -> dict[str, Path]:
-    """The files a run writes next to its output: checkpoint, JSON-lines log, PNG of curves."""
+    """The files a run writes next to its output: the checkpoint (removed when the run ends) and
+    the JSON-lines log."""
     out = Path(output)
-    return {"checkpoint": out.with_name(out.name + ".ckpt"), "log": out.with_suffix(".log.jsonl"),
-            "plot": out.with_suffix(".curves.png")}  # fmt: skip
+    return {"checkpoint": out.with_name(out.name + ".ckpt"), "log": out.with_suffix(".log.jsonl")}
 
 
 def compress(
@@ -172,7 +101,7 @@ class _Run:
                                     test_limit=cfg.test_limit)  # fmt: skip
         dense = self._dense_model()
         self.shape = (1, *self.data.shape)
-        state = self._read_checkpoint() if cfg.resume else None
+        state = self._read_checkpoint(dense) if cfg.resume else None
         self.log = RunLog(self.paths["log"] if d.main else None, state["records"] if state else [])
         self.extra = dict(state["extra"]) if state else {}
         phase = state["phase"] if state else "baseline"
@@ -223,12 +152,20 @@ class _Run:
         opt, lr_sched = optimizer(model, sched, sched.epochs * steps)
         first = 0
         if state is not None and state["phase"] == phase:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            lr_sched.load_state_dict(state["scheduler"])
-            if admm is not None:
-                admm.load_state_dict(state["admm"])
-            _set_rng(state["rng"], d)
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                lr_sched.load_state_dict(state["scheduler"])
+                if admm is not None:
+                    admm.load_state_dict(state["admm"])
+                _set_rng(state["rng"], d)
+            except CEPDError:
+                raise
+            except Exception as exc:  # a checkpoint edited or torn in a way the checks above miss
+                first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+                raise CEPDError(
+                    f"{self.paths['checkpoint']}: checkpoint does not fit this run ({first})"
+                ) from None
             first = int(state["epoch"])
         net = D.wrap(model, d)  # DDP also gives every rank rank 0's parameters and buffers
         if admm is not None:
@@ -264,14 +201,14 @@ class _Run:
             self.log.add(event="sync", phase=phase, digests=D.gather_digests(model, d, extra))
 
     def _finish(self, model: nn.Module, wall_s: float) -> dict:
+        from cepd_deploy.frontend.lower import lower
         from cepd_deploy.plan.cost import totals
-        from cepd_deploy.plan.lower import lower
 
         cfg, d = self.cfg, self.d
         acc = evaluate(model, self.data, cfg.batch_size, d)
         t = totals(lower(model.eval(), self.shape))
         result = {
-            "output": str(self.out), "log": str(self.paths["log"]), "plot": str(self.paths["plot"]),
+            "output": str(self.out), "log": str(self.paths["log"]), "plot": cfg.plot,
             "data": self.data.name, "train_images": len(self.data.train), "test_images": len(self.data.test),
             "baseline_accuracy": self.extra["baseline_accuracy"],
             "direct_accuracy": self.extra["direct_accuracy"],
@@ -289,7 +226,8 @@ class _Run:
             info = {k: result[k] for k in ("data", "baseline_accuracy", "accuracy", "flops_remaining",
                                             "params_remaining")}  # fmt: skip
             save(model, self.out, input_shape=self.data.shape, info=info)
-            plot_curves(self.log.records, self.paths["plot"])
+            if cfg.plot:
+                plot_curves(self.log.records, Path(cfg.plot))
             self.paths["checkpoint"].unlink(missing_ok=True)
         D.barrier(d)
         return result
@@ -327,26 +265,96 @@ class _Run:
             atomic_write(self.paths["checkpoint"], lambda f: torch.save(payload, f))
         D.barrier(self.d)
 
-    def _read_checkpoint(self) -> dict | None:
+    def _read_checkpoint(self, dense: nn.Module) -> dict | None:
         path = self.paths["checkpoint"]
         if not path.is_file():
+            if self.out.exists():
+                raise CEPDError(f"--resume: {self.out} is complete (no checkpoint {path.name} beside it); "
+                                "nothing to resume: drop --resume to train it again")  # fmt: skip
             if self.d.main:
-                print(f"cepd-deploy: no checkpoint at {path}; starting from the beginning")
+                _say(f"no checkpoint at {path}; starting from the beginning")
             return None
+        if path.stat().st_size == 0:
+            raise CEPDError(f"{path}: empty checkpoint (0 bytes): delete it or drop --resume")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a torn or foreign file: explain in one line
-            raise CEPDError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise CEPDError(f"{path}: unreadable checkpoint ({first})") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CEPDError(f"{path}: not a compress checkpoint")
+        _check_checkpoint(path, state)
+        _check_metas(path, state["extra"].get("metas", {}), dense)
         old, new = state["settings"], self._settings()
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                raise CEPDError(f"{path} was written with {key}={old.get(key)!r}, this run has "
-                                f"{new.get(key)!r}: match it or drop --resume")  # fmt: skip
-        if state["phase"] not in PHASES:
-            raise CEPDError(f"{path}: unknown phase {state['phase']!r}")
+                raise CEPDError(f"{path} was written with {key}={brief(old.get(key))}, this run has "
+                                f"{brief(new.get(key))}: match it or drop --resume")  # fmt: skip
+        phase, epoch = state["phase"], state["epoch"]
+        epochs = self.cfg.schedule(phase).epochs
+        if not 0 <= epoch <= epochs:
+            raise CEPDError(f"{path}: epoch {epoch} is outside phase {phase}'s 0..{epochs}")
+        if self.d.main:
+            where = (f"epoch {epoch + 1} of {epochs} of phase {phase}" if epoch < epochs
+                     else f"the end of phase {phase} ({_plural(epochs, 'epoch')} done)")  # fmt: skip
+            _say(f"resuming from {where} (checkpoint {path})")
         return state
+
+
+def _check_checkpoint(path: Path, state: dict) -> None:
+    """The checkpoint's fields have the types a run writes (one-line errors, nothing is run)."""
+    kinds = {"version": int, "settings": dict, "phase": str, "epoch": int, "model": dict,
+             "optimizer": dict, "scheduler": dict, "rng": dict, "records": list, "extra": dict}  # fmt: skip
+    for key, kind in kinds.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CEPDError(f"{path}: incomplete checkpoint (field {key!r} missing or malformed)")
+    if state["version"] != 1:
+        raise CEPDError(f"{path}: unknown checkpoint version {brief(state['version'])} (reads 1)")
+    if state["phase"] not in PHASES:
+        raise CEPDError(f"{path}: unknown phase {brief(state['phase'])}")
+    if state["phase"] == "admm" and not isinstance(state.get("admm"), dict):
+        raise CEPDError(f"{path}: incomplete checkpoint (field 'admm' missing or malformed)")
+    if state["phase"] != "baseline" and not isinstance(state["extra"].get("metas"), dict):
+        raise CEPDError(f"{path}: incomplete checkpoint (no layer metadata after the baseline)")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CEPDError(f"{path}: incomplete checkpoint (a model entry is not a tensor)")
+    try:
+        json.dumps(state["records"], allow_nan=True)
+        json.dumps(state["extra"], allow_nan=True)
+    except (TypeError, ValueError):
+        raise CEPDError(f"{path}: malformed checkpoint (log or metadata not plain data)") from None
+
+
+def _check_metas(path: Path, metas: dict, dense: nn.Module) -> None:
+    """Each layer's metadata is valid and names a conv of the dense model with its shape, so the
+    CEPD layers built from it are no larger than that conv's factors (nothing huge is built)."""
+    from cepd_deploy.model.format import validate_layer_meta
+
+    for name, meta in metas.items():
+        if not isinstance(name, str):
+            raise CEPDError(f"{path}: layer name {brief(name)} is not a module name")
+        validate_layer_meta(path, name, meta)
+        try:
+            conv = dense.get_submodule(name)
+        except AttributeError:
+            conv = None
+        if not isinstance(conv, nn.Conv2d) or [conv.in_channels, conv.out_channels, *conv.kernel_size,
+                                                *conv.stride, *conv.padding, *conv.dilation] != [
+                meta["in_channels"], meta["out_channels"], *meta["kernel_size"], *meta["stride"],
+                *meta["padding"], *meta["dilation"]]:  # fmt: skip
+            raise CEPDError(f"{path}: layer {brief(name)} of the checkpoint is not a conv of this model")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _say(message: str) -> None:
+    """A notice on stderr (stdout may carry --json)."""
+    import sys
+
+    print(f"cepd-deploy: {message}", file=sys.stderr)
 
 
 def _load_dense(path: str, template: nn.Module) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cepd_deploy.compress.approx import FORMATS, SEQUENCES
-from cepd_deploy.model.format import atomic_write
+from cepd_deploy.files import atomic_write
 
 
 def _plt():

@@ -45,11 +45,14 @@ def dense_rebuild(model: nn.Module) -> Iterator[None]:
 
 
 def steps_per_epoch(data: Data, batch_size: int, d: D.Dist) -> int:
+    """SGD steps in one epoch on this rank: its share of the training set over ``batch_size``,
+    rounded up."""
     per_rank = len(epoch_order(len(data.train), 0, 0, d.rank, d.world))
     return -(-per_rank // batch_size)
 
 
 def optimizer(model: nn.Module, sched: Schedule, total_steps: int):
+    """(SGD with the schedule's momentum and weight decay, its cosine decay over ``total_steps``)."""
     opt = torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=sched.momentum,
                           weight_decay=sched.weight_decay)  # fmt: skip
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))

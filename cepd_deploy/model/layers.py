@@ -54,6 +54,9 @@ class CEPDConv2d(nn.Module):
                              tuple(i_factors) if i_factors else None)  # fmt: skip
         if not 0 <= kappa <= out_channels:
             raise CEPDError(f"kappa must be in [0, {out_channels}], got {kappa}")
+        for name, v, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in _pair(v)):
+                raise CEPDError(f"{name} must be whole numbers >= {low}, got {v!r}")
         self.spec = TTConvSpec(lay, lay.clip_ranks(tuple(ranks)), int(kappa), _pair(stride),
                                _pair(padding), _pair(dilation))  # fmt: skip
         r = (1, *self.spec.ranks, 1)

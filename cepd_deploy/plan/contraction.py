@@ -59,6 +59,7 @@ def core_labels(layout: TTLayout, c: int) -> tuple[str, ...]:
 
 
 def label_sizes(layout: TTLayout, ranks: tuple[int, ...]) -> dict[str, int]:
+    """Size of every label of a layout's cores: each mode's factor and each bond's rank."""
     sizes = {m: layout.mode_size(m) for core in layout.cores for m in core}
     sizes.update({f"r{j + 1}": r for j, r in enumerate(ranks)})
     return sizes

@@ -16,12 +16,12 @@ def node_macs(node: Node) -> int:
     """Multiply-accumulates of one op (0 for data movement, pooling and elementwise ops)."""
     if node.op is Op.CONV:
         n, c_out, h, w = node.out_shape
-        kh, kw = node.attrs["kernel"]
-        cin_per_group = node.attrs["cin"] // node.attrs["groups"]
+        kh, kw = node.attrs.kernel
+        cin_per_group = node.attrs.cin // node.attrs.groups
         return n * c_out * h * w * cin_per_group * kh * kw
     if node.op is Op.MATMUL:
         n, c_out, h, w = node.out_shape
-        return n * c_out * h * w * node.attrs["cin"]
+        return n * c_out * h * w * node.attrs.cin
     if node.op is Op.LINEAR:
         n, f_out = node.out_shape
         return n * f_out * node.in_shapes[0][1]
@@ -40,10 +40,10 @@ def node_params(node: Node, plan: Plan | None = None) -> int:
 def _weight_sizes(node: Node) -> list[int]:
     sizes = []
     if node.op is Op.CONV:
-        kh, kw = node.attrs["kernel"]
-        sizes.append(node.attrs["cout"] * node.attrs["cin"] // node.attrs["groups"] * kh * kw)
+        kh, kw = node.attrs.kernel
+        sizes.append(node.attrs.cout * node.attrs.cin // node.attrs.groups * kh * kw)
     elif node.op is Op.MATMUL:
-        sizes.append(node.attrs["cout"] * node.attrs["cin"])
+        sizes.append(node.attrs.cout * node.attrs.cin)
     elif node.op is Op.LINEAR:
         sizes.append(node.out_shape[1] * node.in_shapes[0][1])
     if node.op is Op.AFFINE:
@@ -60,18 +60,22 @@ def node_bytes(node: Node, elem_bytes: int = 4) -> int:
 
 
 def nodes_macs(nodes: Iterable[Node]) -> int:
+    """Multiply-accumulates of ``nodes`` together."""
     return sum(node_macs(n) for n in nodes)
 
 
 def plan_macs(plan: Plan) -> int:
+    """Multiply-accumulates of the whole Plan."""
     return nodes_macs(plan.nodes)
 
 
 def plan_params(plan: Plan) -> int:
+    """Parameters of the whole Plan (sizes of the consts its ops read)."""
     return sum(node_params(n, plan) for n in plan.nodes)
 
 
 def plan_bytes(plan: Plan, elem_bytes: int = 4) -> int:
+    """Bytes the whole Plan moves if nothing stays on chip (the sum of :func:`node_bytes`)."""
     return sum(node_bytes(n, elem_bytes) for n in plan.nodes)
 
 
@@ -91,7 +95,7 @@ def dense_params(plan: Plan) -> int:
 
 def totals(plan: Plan) -> dict:
     """The headline figures of a Plan (what ``inspect --json`` reports as ``totals``)."""
-    macs, params = plan.macs, plan.params
+    macs, params = plan_macs(plan), plan_params(plan)
     d_macs, d_params = dense_macs(plan), dense_params(plan)
     return {
         "macs": macs,

@@ -13,11 +13,14 @@ chain over factored channel modes needs no data movement unless a ``PERMUTE`` sa
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def conv_out_hw(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
@@ -37,6 +40,8 @@ def unique_name(base: str, taken: set[str]) -> str:
 
 
 class Op(str, Enum):
+    """The primitive op kinds of a Plan (each node's ``op``)."""
+
     # contractions with a weight: where the MACs are
     CONV = "conv"  # 2-D conv on an (N*outer, cin, H, W) view; groups, stride, padding, dilation
     MATMUL = "matmul"  # channel contraction on an (N*outer, cin, inner*H*W) view: W (cout, cin)
@@ -83,6 +88,103 @@ class Epilogue:
         return self == Epilogue()
 
 
+Pair = tuple[int, int]
+
+
+# -- attributes: one frozen class per op kind, checked by verify -----------------------------
+@dataclass(frozen=True)
+class NoAttrs:
+    """Ops without attributes (LINEAR, AFFINE, CONCAT, FLATTEN, ADD, GLOBAL_AVGPOOL)."""
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    """A 2-D conv on the (N*outer, cin, H, W) view of its input."""
+
+    kernel: Pair
+    stride: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    outer: int = 1
+    cin: int = 0
+    cout: int = 0
+
+
+@dataclass(frozen=True)
+class MatmulAttrs:
+    """W (cout, cin) on the (N*outer, cin, inner*H*W) view of its input."""
+
+    cin: int
+    cout: int
+    outer: int = 1
+    inner: int = 1
+
+
+@dataclass(frozen=True)
+class PermuteAttrs:
+    """The channel dim viewed as ``axes`` (sizes), reordered: output axis d <- input axis perm[d]."""
+
+    axes: tuple[int, ...]
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScatterAttrs:
+    """``out[:, index[j]] += b[:, j]``."""
+
+    index: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PoolAttrs:
+    """A pooling window (average pools count the padding)."""
+
+    kernel: Pair
+    stride: Pair
+    padding: Pair = (0, 0)
+    ceil_mode: bool = False
+
+
+@dataclass(frozen=True)
+class ReluAttrs:
+    """``max``: None, or 6.0 for ReLU6."""
+
+    max: float | None = None
+
+
+Attrs = NoAttrs | ConvAttrs | MatmulAttrs | PermuteAttrs | ScatterAttrs | PoolAttrs | ReluAttrs
+
+#: The attribute class of every op (verify checks it).
+ATTRS: dict[Op, type] = {
+    Op.CONV: ConvAttrs,
+    Op.MATMUL: MatmulAttrs,
+    Op.LINEAR: NoAttrs,
+    Op.AFFINE: NoAttrs,
+    Op.PERMUTE: PermuteAttrs,
+    Op.SCATTER_ADD: ScatterAttrs,
+    Op.CONCAT: NoAttrs,
+    Op.FLATTEN: NoAttrs,
+    Op.ADD: NoAttrs,
+    Op.RELU: ReluAttrs,
+    Op.MAXPOOL: PoolAttrs,
+    Op.AVGPOOL: PoolAttrs,
+    Op.GLOBAL_AVGPOOL: NoAttrs,
+}
+
+
+class Role(str, Enum):
+    """A node's part in a CEPD layer's TT chain (set by the TT lowering; ``NONE`` for every other
+    node, including a CEPD layer that the lowering rebuilt as one dense conv)."""
+
+    NONE = ""
+    SUBSAMPLE = "subsample"  # strided 1x1 layer: a 1x1 MAXPOOL picks the pixels first
+    STEP = "step"  # one contraction of the TT chain (CONV or MATMUL)
+    PERMUTE = "permute"  # reorders the chain's factored channel axes
+    SPARSE = "sparse"  # the S branch: a compact conv with kappa output channels
+    SCATTER = "scatter"  # adds the S branch into its output channels
+
+
 @dataclass(frozen=True)
 class Node:
     """One primitive op: ``output = op(*inputs; weights, attrs)`` then its epilogue."""
@@ -94,17 +196,90 @@ class Node:
     in_shapes: tuple[tuple[int, ...], ...]
     out_shape: tuple[int, ...]
     weights: tuple[str, ...] = ()
-    attrs: dict = field(default_factory=dict)
+    attrs: Attrs = NoAttrs()
     epilogue: Epilogue = Epilogue()
     layer: str = ""  # the source module this op came from (several ops share a CEPD layer)
+    role: Role = Role.NONE
 
     @property
     def data_inputs(self) -> tuple[str, ...]:
         """Inputs without the residual operand of the epilogue."""
         return self.inputs[:-1] if self.epilogue.residual else self.inputs
 
-    def attr(self, key: str, default=None):
-        return self.attrs.get(key, default)
+
+@dataclass(frozen=True)
+class CEPDBlock:
+    """One CEPD layer over its primitive ops: y = epilogue(chain(x) + scatter(S(x))).
+
+    A view of the nodes that carry the layer's name and a :class:`Role`; passes that rewrite
+    the chain keep the roles, so the block always describes the Plan as it is.
+    """
+
+    layer: str
+    nodes: tuple[Node, ...]  # in Plan order
+
+    def _role(self, role: Role) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role is role)
+
+    @property
+    def subsample(self) -> Node | None:
+        return next(iter(self._role(Role.SUBSAMPLE)), None)
+
+    @property
+    def steps(self) -> tuple[Node, ...]:
+        """The chain's contractions (CONV/MATMUL) and permutes, in order."""
+        return tuple(n for n in self.nodes if n.role in (Role.STEP, Role.PERMUTE))
+
+    @property
+    def sparse(self) -> Node | None:
+        """The S branch's compact conv."""
+        return next(iter(self._role(Role.SPARSE)), None)
+
+    @property
+    def scatter(self) -> Node | None:
+        return next(iter(self._role(Role.SCATTER)), None)
+
+    @property
+    def index(self) -> tuple[int, ...]:
+        """The output channels the S branch adds into."""
+        return self.scatter.attrs.index if self.scatter is not None else ()
+
+    @property
+    def kappa(self) -> int:
+        return len(self.index)
+
+    @property
+    def input(self) -> str:
+        """The value the layer reads (before any subsampling)."""
+        return self.nodes[0].inputs[0]
+
+    @property
+    def branch_input(self) -> str:
+        """The value the chain and the S branch start from (the subsampled input, if any)."""
+        sub = self.subsample
+        return sub.output if sub is not None else self.input
+
+    @property
+    def last(self) -> Node:
+        """The node that writes the layer's output and carries its epilogue."""
+        return self.nodes[-1]
+
+    @property
+    def output(self) -> str:
+        return self.last.output
+
+    @property
+    def epilogue(self) -> Epilogue:
+        return self.last.epilogue
+
+    @property
+    def residual(self) -> str | None:
+        return self.last.inputs[-1] if self.last.epilogue.residual else None
+
+    @property
+    def chain_output(self) -> str:
+        """The TT chain's result (what the scatter adds into; the output without S)."""
+        return self.scatter.inputs[0] if self.scatter is not None else self.output
 
 
 @dataclass(frozen=True)
@@ -155,22 +330,27 @@ class Plan:
     def output_shape(self) -> tuple[int, ...]:
         return self.nodes[-1].out_shape if self.nodes else self.input_shape
 
-    @property
-    def macs(self) -> int:
-        from cepd_deploy.plan.cost import plan_macs
-
-        return plan_macs(self)
-
-    @property
-    def params(self) -> int:
-        from cepd_deploy.plan.cost import plan_params
-
-        return plan_params(self)
-
     def layer_nodes(self, layer: str) -> list[Node]:
         return [n for n in self.nodes if n.layer == layer]
 
-    def summary(self) -> str:
-        from cepd_deploy.plan.report import summary
+    def readers(self) -> Counter[str]:
+        """How many node inputs (and the plan output) read each value."""
+        count = Counter(x for n in self.nodes for x in n.inputs)
+        count[self.output] += 1
+        return count
 
-        return summary(self)
+    def producer(self) -> dict[str, Node]:
+        """The node that writes each value."""
+        return {n.output: n for n in self.nodes}
+
+    def blocks(self) -> list[CEPDBlock]:
+        """Every CEPD layer of the Plan, in order."""
+        by_layer: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            if n.role is not Role.NONE:
+                by_layer.setdefault(n.layer, []).append(n)
+        return [CEPDBlock(layer, tuple(nodes)) for layer, nodes in by_layer.items()]
+
+    def block_of(self) -> dict[str, CEPDBlock]:
+        """Node name -> the CEPD block it belongs to."""
+        return {n.name: b for b in self.blocks() for n in b.nodes}

@@ -20,15 +20,15 @@ def _conv(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
     a = node.attrs
     x = xs[0]
     n, _, h, wd = x.shape
-    x = x.reshape(n * a["outer"], a["cin"], h, wd)
-    y = F.conv2d(x, w[node.weights[0]], None, a["stride"], a["padding"], a["dilation"], a["groups"])
+    x = x.reshape(n * a.outer, a.cin, h, wd)
+    y = F.conv2d(x, w[node.weights[0]], None, a.stride, a.padding, a.dilation, a.groups)
     return y.reshape(node.out_shape)
 
 
 def _matmul(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
     a = node.attrs
     n = xs[0].shape[0]
-    x = xs[0].reshape(n * a["outer"], a["cin"], -1)
+    x = xs[0].reshape(n * a.outer, a.cin, -1)
     return torch.matmul(w[node.weights[0]], x).reshape(node.out_shape)
 
 
@@ -44,25 +44,25 @@ def _affine(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
 def _permute(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
     x = xs[0]
     n, _, h, wd = x.shape
-    axes, perm = node.attrs["axes"], node.attrs["perm"]
+    axes, perm = node.attrs.axes, node.attrs.perm
     k = len(axes)
     y = x.reshape(n, *axes, h, wd).permute(0, *(p + 1 for p in perm), k + 1, k + 2)
     return y.reshape(node.out_shape)
 
 
 def _scatter_add(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
-    index = torch.tensor(node.attrs["index"], dtype=torch.long)
+    index = torch.tensor(node.attrs.index, dtype=torch.long)
     return xs[0].index_add(1, index, xs[1])
 
 
 def _relu(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
-    return _act(xs[0], "relu6" if node.attrs.get("max") == 6.0 else "relu")
+    return _act(xs[0], "relu6" if node.attrs.max == 6.0 else "relu")
 
 
 def _pool(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
     a = node.attrs
     pool = F.max_pool2d if node.op is Op.MAXPOOL else F.avg_pool2d
-    return pool(xs[0], a["kernel"], a["stride"], a["padding"], ceil_mode=a.get("ceil_mode", False))
+    return pool(xs[0], a.kernel, a.stride, a.padding, ceil_mode=a.ceil_mode)
 
 
 HANDLERS = {
@@ -115,6 +115,7 @@ def run_nodes(
 
 
 def torch_consts(plan: Plan, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """The Plan's consts as torch tensors of ``dtype``, by name."""
     return {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in plan.consts.items()}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,7 +21,18 @@ from cepd_deploy.plan.contraction import (
     step_dims,
     step_weight,
 )
-from cepd_deploy.plan.ir import Epilogue, Node, Op, conv_out_hw
+from cepd_deploy.plan.ir import (
+    ConvAttrs,
+    Epilogue,
+    MatmulAttrs,
+    Node,
+    Op,
+    PermuteAttrs,
+    PoolAttrs,
+    Role,
+    ScatterAttrs,
+    conv_out_hw,
+)
 from cepd_deploy.tt import TTLayout, tt_full
 
 CostFn = Callable[[Sequence[Node]], float]
@@ -70,13 +81,11 @@ def lower_ttconv(
     ho, wo = spec.out_hw(h, w)
     out_shape = (n, lay.out_channels, ho, wo)
     epi = Epilogue(scale=f"{name}.scale" if scale else None, bias=f"{name}.bias" if bias else None)
-    conv_attrs = dict(
-        kernel=lay.kernel, stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=1
-    )
+    conv = ConvAttrs(lay.kernel, spec.stride, spec.padding, spec.dilation, 1, 1, lay.in_channels,
+                     lay.out_channels)  # fmt: skip
     if path == DENSE:
-        attrs = dict(conv_attrs, outer=1, cin=lay.in_channels, cout=lay.out_channels)
         return [Node(Op.CONV, f"{name}.conv", (x,), f"{name}.out", (in_shape,), out_shape,
-                     (f"{name}.w",), attrs, epi, name)]  # fmt: skip
+                     (f"{name}.w",), conv, epi, name)]  # fmt: skip
     assert isinstance(path, Path)
     nodes: list[Node] = []
     sizes = label_sizes(lay, spec.ranks)
@@ -84,7 +93,7 @@ def lower_ttconv(
     if spec.subsamples:
         cur_shape = (n, lay.in_channels, ho, wo)
         nodes.append(Node(Op.MAXPOOL, f"{name}.sub", (x,), f"{name}.sub", (in_shape,), cur_shape,
-                          attrs=dict(kernel=(1, 1), stride=stride, padding=(0, 0)), layer=name))  # fmt: skip
+                          attrs=PoolAttrs((1, 1), stride), layer=name, role=Role.SUBSAMPLE))  # fmt: skip
         cur, stride = f"{name}.sub", (1, 1)
     x_branch, x_branch_shape = cur, cur_shape
     for k, step in enumerate(path.steps):
@@ -93,37 +102,31 @@ def lower_ttconv(
             cur = _permute(nodes, f"{name}.p{k}", cur, cur_shape, step.before, step.perm, sizes, name)
         outer, cin, cout, inner = step_dims(step, sizes)
         if step.conv:
-            attrs = dict(conv_attrs, stride=stride, outer=outer, cin=cin, cout=cout)
+            attrs = replace(conv, stride=stride, outer=outer, cin=cin, cout=cout)
             hw = conv_out_hw(hw, lay.kernel, stride, spec.padding, spec.dilation)
             op = Op.CONV
         else:
-            attrs = dict(outer=outer, cin=cin, cout=cout, inner=inner)
+            attrs = MatmulAttrs(cin, cout, outer, inner)
             op = Op.MATMUL
         shape = (n, math.prod(sizes[x] for x in step.after), *hw)
         out = f"{name}.t{k}"
         nodes.append(Node(op, out, (cur,), out, (cur_shape,), shape, (f"{name}.t{k}.w",), attrs,
-                          layer=name))  # fmt: skip
+                          layer=name, role=Role.STEP))  # fmt: skip
         cur, cur_shape = out, shape
     if path.final_perm is not None:
         target = tuple(path.final_before[src] for src in path.final_perm)
         cur = _permute(nodes, f"{name}.pf", cur, cur_shape, target, path.final_perm, sizes, name)
     if spec.kappa > 0:
         idx = tuple(int(i) for i in (range(spec.kappa) if index is None else index))
-        s_attrs = dict(conv_attrs, stride=stride, outer=1, cin=lay.in_channels, cout=spec.kappa)
+        s_attrs = replace(conv, stride=stride, cout=spec.kappa)
         s_shape = (n, spec.kappa, ho, wo)
         nodes.append(Node(Op.CONV, f"{name}.s", (x_branch,), f"{name}.s", (x_branch_shape,),
-                          s_shape, (f"{name}.s.w",), s_attrs, layer=name))  # fmt: skip
+                          s_shape, (f"{name}.s.w",), s_attrs, layer=name, role=Role.SPARSE))  # fmt: skip
         nodes.append(Node(Op.SCATTER_ADD, f"{name}.scatter", (cur, f"{name}.s"), f"{name}.scatter",
-                          (out_shape, s_shape), out_shape, (), {"index": idx}, layer=name))  # fmt: skip
-    last = nodes[-1]
-    nodes[-1] = _replace(last, output=f"{name}.out", epilogue=epi)
+                          (out_shape, s_shape), out_shape, (), ScatterAttrs(idx), layer=name,
+                          role=Role.SCATTER))  # fmt: skip
+    nodes[-1] = replace(nodes[-1], output=f"{name}.out", epilogue=epi)
     return nodes
-
-
-def _replace(node: Node, **kw) -> Node:
-    from dataclasses import replace
-
-    return replace(node, **kw)
 
 
 def _permute(nodes, nm, cur, cur_shape, labels_after, perm, sizes, layer) -> str:
@@ -133,7 +136,7 @@ def _permute(nodes, nm, cur, cur_shape, labels_after, perm, sizes, layer) -> str
         before[src] = labels_after[dst]
     axes = tuple(sizes[x] for x in before)
     nodes.append(Node(Op.PERMUTE, nm, (cur,), nm, (cur_shape,), cur_shape,
-                      attrs=dict(axes=axes, perm=perm), layer=layer))  # fmt: skip
+                      attrs=PermuteAttrs(axes, tuple(perm)), layer=layer, role=Role.PERMUTE))  # fmt: skip
     return nm
 
 

@@ -6,22 +6,22 @@ import math
 from collections.abc import Callable
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import EPILOGUE_OPS, WEIGHTED, Node, Op, Plan, conv_out_hw
+from cepd_deploy.plan.ir import ATTRS, EPILOGUE_OPS, WEIGHTED, CEPDBlock, Node, Op, Plan, Role, conv_out_hw
 
 
 def _conv_out(node: Node) -> tuple[int, ...]:
     a = node.attrs
     n, c, h, w = node.in_shapes[0]
-    hw = conv_out_hw((h, w), a["kernel"], a["stride"], a["padding"], a["dilation"])
-    return (n, a["outer"] * a["cout"], *hw)
+    hw = conv_out_hw((h, w), a.kernel, a.stride, a.padding, a.dilation)
+    return (n, a.outer * a.cout, *hw)
 
 
 def _weight_shape(node: Node) -> tuple[int, ...] | None:
     a = node.attrs
     if node.op is Op.CONV:
-        return (a["cout"], a["cin"] // a["groups"], *a["kernel"])
+        return (a.cout, a.cin // a.groups, *a.kernel)
     if node.op is Op.MATMUL:
-        return (a["cout"], a["cin"])
+        return (a.cout, a.cin)
     if node.op is Op.LINEAR:
         return (node.out_shape[1], node.in_shapes[0][1])
     return None
@@ -29,9 +29,9 @@ def _weight_shape(node: Node) -> tuple[int, ...] | None:
 
 def _rule_conv(node: Node, plan: Plan) -> str | None:
     a = node.attrs
-    if node.in_shapes[0][1] != a["outer"] * a["cin"]:
-        return f"input channels {node.in_shapes[0][1]} != outer*cin {a['outer']}*{a['cin']}"
-    if a["cin"] % a["groups"] or a["cout"] % a["groups"]:
+    if node.in_shapes[0][1] != a.outer * a.cin:
+        return f"input channels {node.in_shapes[0][1]} != outer*cin {a.outer}*{a.cin}"
+    if a.cin % a.groups or a.cout % a.groups:
         return "channels not divisible by groups"
     if _conv_out(node) != node.out_shape:
         return f"output shape {node.out_shape} != computed {_conv_out(node)}"
@@ -41,22 +41,22 @@ def _rule_conv(node: Node, plan: Plan) -> str | None:
 def _rule_matmul(node: Node, plan: Plan) -> str | None:
     a = node.attrs
     n, c, h, w = node.in_shapes[0]
-    if c != a["outer"] * a["cin"] * a["inner"]:
+    if c != a.outer * a.cin * a.inner:
         return f"input channels {c} != outer*cin*inner"
-    if node.out_shape != (n, a["outer"] * a["cout"] * a["inner"], h, w):
+    if node.out_shape != (n, a.outer * a.cout * a.inner, h, w):
         return f"output shape {node.out_shape} inconsistent with attrs"
     return None
 
 
 def _rule_permute(node: Node, plan: Plan) -> str | None:
-    axes, perm = node.attrs["axes"], node.attrs["perm"]
+    axes, perm = node.attrs.axes, node.attrs.perm
     if math.prod(axes) != node.in_shapes[0][1] or sorted(perm) != list(range(len(axes))):
         return "axes/perm do not describe the channel dim"
     return None
 
 
 def _rule_scatter(node: Node, plan: Plan) -> str | None:
-    index, c = node.attrs["index"], node.out_shape[1]
+    index, c = node.attrs.index, node.out_shape[1]
     if len(set(index)) != len(index) or any(not 0 <= i < c for i in index):
         return "scatter index must be distinct channels in range"
     if len(index) != node.in_shapes[1][1]:
@@ -72,8 +72,31 @@ OP_RULES: dict[Op, Callable[[Node, Plan], str | None]] = {
 }
 
 
+def _block_problem(b: CEPDBlock) -> str | None:
+    """What is wrong with a CEPD block's structure: a chain of steps from the (subsampled)
+    input, the S conv reading that same value, the scatter joining the two, the epilogue last."""
+    if not any(n.role is Role.STEP for n in b.nodes):
+        return "no contraction step"
+    chain = [n for n in b.nodes if n.role in (Role.STEP, Role.PERMUTE)]
+    if chain[0].inputs[0] != b.branch_input:
+        return "the chain does not start from the layer's input"
+    for prev, n in zip(chain, chain[1:]):
+        if n.inputs[0] != prev.output:
+            return f"step {n.name!r} does not read the step before it"
+    if (b.sparse is None) != (b.scatter is None):
+        return "an S conv without a scatter (or the reverse)"
+    if b.scatter is not None:
+        if b.sparse.inputs[0] != b.branch_input:
+            return "the S conv does not read the layer's input"
+        if b.scatter.inputs[:2] != (chain[-1].output, b.sparse.output):
+            return "the scatter does not join the chain's result and the S branch"
+    if any(not n.epilogue.empty for n in b.nodes[:-1]):
+        return "an epilogue before the layer's last op"
+    return None
+
+
 def verify(plan: Plan) -> None:
-    """Raise :class:`CEPDError` naming the first node that breaks an invariant."""
+    """Raise :class:`CEPDError` naming the first node (or CEPD block) that breaks an invariant."""
     known = {plan.input: plan.input_shape}
     for node in plan.nodes:
         problem = _check(node, plan, known)
@@ -82,9 +105,15 @@ def verify(plan: Plan) -> None:
         known[node.output] = node.out_shape
     if plan.output not in known:
         raise CEPDError(f"invalid plan: output {plan.output!r} is never produced")
+    for block in plan.blocks():
+        problem = _block_problem(block)
+        if problem:
+            raise CEPDError(f"invalid plan: CEPD block {block.layer!r}: {problem}")
 
 
 def _check(node: Node, plan: Plan, known: dict) -> str | None:
+    if type(node.attrs) is not ATTRS[node.op]:
+        return f"attributes are {type(node.attrs).__name__}, {node.op.value} takes {ATTRS[node.op].__name__}"
     if node.output in known:
         return f"value {node.output!r} produced twice"
     if len(node.inputs) != len(node.in_shapes) + (1 if node.epilogue.residual else 0):

@@ -4,7 +4,10 @@ Every op of a Plan is mapped onto a spec'd Eyeriss-like accelerator (PE array wi
 scratchpads, a global buffer, DRAM) by a row-stationary mapping search under the scratchpad and
 GLB capacities; the result gives per-op and total cycles, active PEs, access counts per memory
 level, DRAM bytes and energy (relative to a MAC). Validated against the chip's measured AlexNet
-numbers (see README_SECTION.md).
+numbers (docs/eyeriss.md; the figures are in tests/data/).
+
+The target is :class:`~cepd_deploy.targets.eyeriss.target.Eyeriss`; the functions below are
+imported on first use (this package imports nothing heavy, so the registry can list it).
 
 >>> from cepd_deploy.targets import eyeriss
 >>> plan = lower(build_model("alexnet"), (4, 3, 227, 227))               # doctest: +SKIP
@@ -14,11 +17,40 @@ numbers (see README_SECTION.md).
 
 from __future__ import annotations
 
-from cepd_deploy.targets import TargetInfo
-from cepd_deploy.targets.eyeriss.result import LayerResult, SimResult
-from cepd_deploy.targets.eyeriss.simulator import DEFAULT_ZEROS, HANDLERS, UNSUPPORTED, simulate
-from cepd_deploy.targets.eyeriss.spec import Spec, load_spec, presets
+import importlib
+from typing import TYPE_CHECKING, Any
 
-TARGET = TargetInfo("eyeriss", "asic", handlers=HANDLERS, unsupported=UNSUPPORTED)
+if TYPE_CHECKING:
+    from cepd_deploy.targets.eyeriss.result import LayerResult, SimResult
+    from cepd_deploy.targets.eyeriss.schedule import DEFAULT_ZEROS
+    from cepd_deploy.targets.eyeriss.simulator import simulate
+    from cepd_deploy.targets.eyeriss.spec import Spec, load_spec, presets
+    from cepd_deploy.targets.eyeriss.target import Eyeriss
 
-__all__ = ["DEFAULT_ZEROS", "TARGET", "LayerResult", "SimResult", "Spec", "load_spec", "presets", "simulate"]
+#: public name -> the module that defines it
+_LAZY = {
+    "DEFAULT_ZEROS": "schedule",
+    "Eyeriss": "target",
+    "LayerResult": "result",
+    "SimResult": "result",
+    "Spec": "spec",
+    "load_spec": "spec",
+    "presets": "spec",
+    "simulate": "simulator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562); other names are submodules or errors."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["DEFAULT_ZEROS", "Eyeriss", "LayerResult", "SimResult", "Spec", "load_spec", "presets", "simulate"]

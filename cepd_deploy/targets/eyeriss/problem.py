@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cepd_deploy.plan.ir import Node, Op
+from cepd_deploy.plan.ir import ConvAttrs, MatmulAttrs, Node, Op
 
 
 @dataclass(frozen=True)
@@ -61,21 +61,21 @@ def conv_problem(node: Node) -> ConvProblem:
         return ConvProblem(n, 1, fin, node.out_shape[1], 1, 1, 1, 1, 1, 1)
     a = node.attrs
     n, _, h, w = node.in_shapes[0]
-    if node.op is Op.MATMUL:
-        inner = a["inner"]
-        return ConvProblem(n * a["outer"], 1, a["cin"], a["cout"], inner * h, w, 1, 1, inner * h, w)
-    if node.op is not Op.CONV:
+    if isinstance(a, MatmulAttrs):
+        inner = a.inner
+        return ConvProblem(n * a.outer, 1, a.cin, a.cout, inner * h, w, 1, 1, inner * h, w)
+    if not isinstance(a, ConvAttrs):
         raise ValueError(f"{node.op.value} is not a convolution")
-    (ph, pw), (kh, kw) = a["padding"], a["kernel"]
+    (ph, pw), (kh, kw) = a.padding, a.kernel
     _, _, e, f = node.out_shape
-    groups = a["groups"]
+    groups = a.groups
     hp, wp = h + 2 * ph, w + 2 * pw
     return ConvProblem(
-        n * a["outer"], groups, a["cin"] // groups, a["cout"] // groups, hp, wp, kh, kw, e, f,
-        *a["stride"], *a["dilation"], pad_words=hp * wp - h * w,
+        n * a.outer, groups, a.cin // groups, a.cout // groups, hp, wp, kh, kw, e, f,
+        *a.stride, *a.dilation, pad_words=hp * wp - h * w,
     )  # fmt: skip
 
 
 def ceil_div(a: int, b: int) -> int:
+    """``a / b`` rounded up (positive ``b``)."""
     return -(-a // b)
-

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
+from cepd_deploy.files import atomic_write
 from cepd_deploy.plan.report import format_table
 from cepd_deploy.targets.eyeriss.result import ENERGY_LEVELS, SimResult
 
@@ -37,41 +37,38 @@ def table(result: SimResult) -> str:
     return format_table(headers, rows, "llrrrrrrrr") + "\n" + foot
 
 
-def plot(result: SimResult, path: str | Path) -> Path:
-    """Energy by memory level (stacked) and latency per op, written atomically to ``path``."""
+def draw(result: SimResult, f: BinaryIO, fmt: str = "png") -> None:
+    """Energy by memory level (stacked) and latency per op, as a ``fmt`` image written to ``f``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     rows = result.layers
     x = range(len(rows))
     fig, (ax_e, ax_t) = plt.subplots(2, 1, figsize=(max(8, 0.12 * len(rows) + 4), 7), sharex=True)
-    bottom = [0.0] * len(rows)
-    for level in ENERGY_LEVELS:
-        vals = [r.energy_by_level[level] for r in rows]
-        ax_e.bar(x, vals, bottom=bottom, label=level, width=0.8)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax_e.set_ylabel("energy (MAC = 1)")
-    ax_e.legend(ncol=len(ENERGY_LEVELS), fontsize="small")
-    t = result.totals
-    ax_e.set_title(f"{result.spec.name}, batch {result.batch}: {t['latency_ms']:.1f} ms, "
-                   f"energy {t['energy']:.3g}")  # fmt: skip
-    ax_t.bar(x, [r.latency_ms for r in rows], width=0.8, color="tab:gray")
-    ax_t.set_ylabel("latency (ms)")
-    ax_t.set_xticks(list(x))
-    ax_t.set_xticklabels([r.name for r in rows], rotation=90, fontsize=6 if len(rows) > 40 else 8)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        bottom = [0.0] * len(rows)
+        for level in ENERGY_LEVELS:
+            vals = [r.energy_by_level[level] for r in rows]
+            ax_e.bar(x, vals, bottom=bottom, label=level, width=0.8)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax_e.set_ylabel("energy (MAC = 1)")
+        ax_e.legend(ncol=len(ENERGY_LEVELS), fontsize="small")
+        t = result.totals
+        ax_e.set_title(f"{result.spec.name}, batch {result.batch}: {t['latency_ms']:.1f} ms, "
+                       f"energy {t['energy']:.3g}")  # fmt: skip
+        ax_t.bar(x, [r.latency_ms for r in rows], width=0.8, color="tab:gray")
+        ax_t.set_ylabel("latency (ms)")
+        ax_t.set_xticks(list(x))
+        ax_t.set_xticklabels([r.name for r in rows], rotation=90, fontsize=6 if len(rows) > 40 else 8)
+        fig.tight_layout()
+        fig.savefig(f, format=fmt, dpi=120)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+
+def plot(result: SimResult, path: str | Path) -> Path:
+    """:func:`draw` into ``path`` atomically, in the format its suffix names (PNG without one)."""
+    path = Path(path)
+    return atomic_write(path, lambda f: draw(result, f, path.suffix[1:] or "png"))

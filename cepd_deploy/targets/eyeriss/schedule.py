@@ -5,8 +5,8 @@ Two fusions are modelled, both ones an RS accelerator's compiler gets for free:
 * *scatter into psums*: the dense result ``a`` of a CEPD layer's last TT step meets the sparse
   branch ``b`` in the GLB (``b`` is read in as the step's initial psums), so ``SCATTER_ADD`` costs
   the DRAM traffic of ``b`` and of its output, never a pass over ``a``;
-* *siblings*: weighted ops reading the same value with the same window geometry (a CEPD layer's
-  first 1x1 TT step and its 1x1 sparse branch, two 1x1 convs of a ResNet block) run as one conv
+* *siblings*: weighted ops reading the same value with the same window geometry (a 1x1 CEPD
+  block's first TT step and its sparse branch, two 1x1 convs of a ResNet block) run as one conv
   with their filters stacked, so the input is fetched once; each op is charged its MAC share.
 """
 
@@ -22,6 +22,8 @@ from cepd_deploy.targets.eyeriss.problem import ConvProblem, conv_problem
 
 #: zero fraction assumed for every ReLU output unless the caller says otherwise
 DEFAULT_ZEROS = 0.5
+#: what the mapping search may minimise
+OBJECTIVES = ("latency", "energy")
 #: ops whose output keeps the zero fraction of their (first) input
 _KEEPS_ZEROS = frozenset({Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.PERMUTE})
 
@@ -67,31 +69,28 @@ def _fraction(value, key: str) -> float:
 
 
 def fused_values(plan: Plan) -> frozenset[str]:
-    """Dense TT results that meet their sparse branch in the GLB (see the module docstring)."""
-    count = readers(plan)
-    producers = {n.output: n for n in plan.nodes}
+    """Dense TT results that meet their sparse branch in the GLB (see the module docstring): the
+    chain output of every CEPD block with an S branch, when a weighted step writes it with no
+    epilogue and only the scatter reads it."""
+    count, producer = plan.readers(), plan.producer()
     fused = set()
-    for node in plan.nodes:
-        if node.op is Op.SCATTER_ADD:
-            a = node.inputs[0]
-            prod = producers.get(a)
-            if prod is not None and prod.op in WEIGHTED and prod.epilogue.empty and count.get(a) == 1:
-                fused.add(a)
+    for block in plan.blocks():
+        if block.scatter is None:
+            continue
+        a = block.chain_output
+        prod = producer[a]
+        if prod.op in WEIGHTED and prod.epilogue.empty and count[a] == 1:
+            fused.add(a)
     return frozenset(fused)
-
-
-def readers(plan: Plan) -> dict[str, int]:
-    """How many ops (or the plan's output) read each value."""
-    count: dict[str, int] = {plan.output: 1}
-    for node in plan.nodes:
-        for x in node.inputs:
-            count[x] = count.get(x, 0) + 1
-    return count
 
 
 def siblings(plan: Plan) -> dict[str, tuple[str, ...]]:
     """Node name -> the names of the weighted nodes it runs with (itself included), for groups of
-    two or more that read the same value with the same geometry and carry no residual."""
+    two or more that read the same value with the same geometry and carry no residual.
+
+    In a CEPD block these are the S branch (``block.sparse``) and the chain's first step, which
+    both read ``block.branch_input``; the rule is the dataflow's, not the block's, so a 1x1 layer
+    that reads the same value (a ResNet block's projection shortcut, dense or CEPD) joins them."""
     groups: dict[tuple[str, ConvProblem], list[str]] = {}
     for node in plan.nodes:
         if node.op in WEIGHTED and not node.epilogue.residual:

@@ -14,14 +14,19 @@ from dataclasses import dataclass, field, replace
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import node_macs
-from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.plan.ir import Node, Op, Plan, PoolAttrs
 from cepd_deploy.targets.eyeriss.mapper import Traffic, search
 from cepd_deploy.targets.eyeriss.problem import conv_problem
 from cepd_deploy.targets.eyeriss.result import LayerResult, SimResult
-from cepd_deploy.targets.eyeriss.schedule import DEFAULT_ZEROS, fused_values, siblings, zero_fractions
+from cepd_deploy.targets.eyeriss.schedule import (
+    DEFAULT_ZEROS,
+    OBJECTIVES,
+    fused_values,
+    siblings,
+    zero_fractions,
+)
 from cepd_deploy.targets.eyeriss.spec import Spec, load_spec
 
-OBJECTIVES = ("latency", "energy")
 KINDS = {
     Op.CONV: "conv", Op.MATMUL: "conv1x1", Op.LINEAR: "fc", Op.MAXPOOL: "pool", Op.AVGPOOL: "pool",
     Op.GLOBAL_AVGPOOL: "pool", Op.SCATTER_ADD: "scatter", Op.PERMUTE: "permute", Op.ADD: "eltwise",
@@ -122,8 +127,12 @@ def _weighted(node: Node, ctx: Context) -> LayerResult:
     }
     info = mapping.as_dict()
     dram_cycles = (activations + c["dram_filter_words"]) / spec.dram_words_per_cycle
-    info.update(compute_cycles=round(c["compute_cycles"]), glb_port_cycles=round(port),
-                filter_load_cycles=round(c["filter_load_cycles"]), dram_cycles=round(dram_cycles))
+    info.update(
+        compute_cycles=round(c["compute_cycles"]),
+        glb_port_cycles=round(port),
+        filter_load_cycles=round(c["filter_load_cycles"]),
+        dram_cycles=round(dram_cycles),
+    )
     if len(group) > 1:
         info["stacked_with"] = [x.name for x in group if x is not node]
     row = _row(node, ctx, macs=node_macs(node) * ctx.batch, cycles=cycles, processing=processing,
@@ -172,7 +181,8 @@ def _pass(node: Node, ctx: Context, ops_per_output: float) -> LayerResult:
 def _pool(node: Node, ctx: Context) -> LayerResult:
     if node.op is Op.GLOBAL_AVGPOOL:
         return _pass(node, ctx, math.prod(node.in_shapes[0][2:]))
-    kh, kw = node.attrs["kernel"]
+    assert isinstance(node.attrs, PoolAttrs)
+    kh, kw = node.attrs.kernel
     return _pass(node, ctx, kh * kw)
 
 
@@ -202,7 +212,6 @@ HANDLERS: dict[Op, Handler] = {
     Op.AVGPOOL: _pool,
     Op.GLOBAL_AVGPOOL: _pool,
 }
-UNSUPPORTED: frozenset[Op] = frozenset()
 
 
 def simulate(

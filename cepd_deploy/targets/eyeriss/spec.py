@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
 from numpy import maximum as np_max
 
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.untrusted import brief, load_yaml
 
 VERSION = 1
 #: memory levels, outermost to innermost, in the order a spec must list them
@@ -23,6 +23,9 @@ LEVELS = ("dram", "glb", "array", "rf")
 
 @dataclass(frozen=True)
 class DramSpec:
+    """Off-chip memory: bandwidth (MB/s), ifmap/ofmap compression, overlap with processing and
+    energy per access (relative to one MAC)."""
+
     bandwidth_mb_per_s: float
     compression: str  # "rlc" or "none"
     overlaps_processing: bool  # activations stream in/out while the PEs compute (else they wait)
@@ -31,6 +34,9 @@ class DramSpec:
 
 @dataclass(frozen=True)
 class GlbSpec:
+    """The global buffer: size and usable part (KiB), port widths (words/cycle) and energy per
+    access (relative to one MAC)."""
+
     size_kib: float
     usable_kib: float  # the part that holds ifmaps and psums
     ifmap_read_words_per_cycle: float
@@ -41,6 +47,9 @@ class GlbSpec:
 
 @dataclass(frozen=True)
 class ArraySpec:
+    """The PE array: rows x cols PEs and the energy of one delivery over the array (relative to one
+    MAC)."""
+
     rows: int
     cols: int
     access_energy_rel: float
@@ -48,6 +57,9 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class RfSpec:
+    """A PE's scratchpads: filter/ifmap/psum sizes (words), MACs per cycle, whether the filter pad
+    is double-buffered and energy per access (relative to one MAC)."""
+
     filter_size_words: int
     ifmap_size_words: int
     psum_size_words: int
@@ -104,6 +116,30 @@ class Spec:
 _LEVEL_TYPES = {"dram": DramSpec, "glb": GlbSpec, "array": ArraySpec, "rf": RfSpec}
 _TOP = {"version", "name", "description", "clock_mhz", "word_bits", "mac_energy_rel", "zero_gating", "levels"}
 _CHOICES = {"compression": ("rlc", "none")}
+#: sane ranges (inclusive) of the numbers, far beyond any real accelerator: they keep every
+#: figure finite and the mapper's search small (its candidates grow with the array's PEs)
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "clock_mhz": (1e-3, 1e5),
+    "word_bits": (1, 64),
+    "bandwidth_mb_per_s": (1e-3, 1e9),
+    "size_kib": (1e-3, 1 << 24),
+    "usable_kib": (1e-3, 1 << 24),
+    "words_per_cycle": (1e-3, 1e6),
+    "rows": (1, 256),
+    "cols": (1, 256),
+    "size_words": (1, 1 << 20),
+    "macs_per_cycle": (1e-3, 1e4),
+    "energy_rel": (0, 1e9),
+}
+MAX_NAME = 100  #: longest spec name
+
+
+def _bounds(key: str) -> tuple[float, float]:
+    field = key.rpartition(".")[2]
+    for suffix, bounds in _BOUNDS.items():
+        if field.endswith(suffix):
+            return bounds
+    raise KeyError(key)  # every numeric field has a range
 
 
 def presets() -> list[str]:
@@ -134,11 +170,7 @@ def load_spec(spec: str | Path | Spec | None = None) -> Spec:
     if isinstance(spec, Spec):
         return spec
     path = spec_path(spec or "eyeriss_v1")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CEPDError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_spec(data, source=str(path))
+    return parse_spec(load_yaml(path, "Eyeriss spec"), source=str(path))
 
 
 def parse_spec(data: object, source: str = "<spec>") -> Spec:
@@ -147,22 +179,25 @@ def parse_spec(data: object, source: str = "<spec>") -> Spec:
     if not isinstance(data, dict):
         raise CEPDError(f"{where}: a spec is a YAML mapping")
     _check_keys(data, _TOP, {"description"}, where)
-    if data["version"] != VERSION:
-        raise CEPDError(f"{where}: version: expected {VERSION}, got {data['version']!r}")
+    if type(data["version"]) is not int or data["version"] != VERSION:  # not True, not 1.0
+        raise CEPDError(f"{where}: version: expected {VERSION}, got {brief(data['version'])}")
+    if not isinstance(data.get("description", ""), str):
+        raise CEPDError(f"{where}: description: expected text, got {brief(data['description'])}")
     levels = data["levels"]
     if not isinstance(levels, list) or not all(isinstance(x, dict) for x in levels):
         raise CEPDError(f"{where}: levels: expected a list of mappings")
     names = [x.get("name") for x in levels]
     if tuple(names) != LEVELS:
-        raise CEPDError(f"{where}: levels: expected {', '.join(LEVELS)} (outermost first), got {names}")
+        raise CEPDError(f"{where}: levels: expected {', '.join(LEVELS)} (outermost first), "
+                        f"got {brief(names)}")  # fmt: skip
     parsed = {x["name"]: _level(x, where) for x in levels}
     if parsed["glb"].usable_kib > parsed["glb"].size_kib:
         raise CEPDError(f"{where}: glb.usable_kib: larger than glb.size_kib")
     return Spec(
-        name=_text(data["name"], "name", where),
+        name=_text(data["name"], "name", where, MAX_NAME),
         clock_mhz=_number(data["clock_mhz"], "clock_mhz", where),
         word_bits=int(_number(data["word_bits"], "word_bits", where, integer=True)),
-        mac_energy_rel=_number(data["mac_energy_rel"], "mac_energy_rel", where, allow_zero=True),
+        mac_energy_rel=_number(data["mac_energy_rel"], "mac_energy_rel", where),
         zero_gating=_flag(data["zero_gating"], "zero_gating", where),
         source=source,
         **parsed,
@@ -183,40 +218,47 @@ def _level(raw: dict, where: str):
             values[f.name] = _text(value, key, where)
             if value not in _CHOICES.get(f.name, (value,)):
                 choices = ", ".join(_CHOICES[f.name])
-                raise CEPDError(f"{where}: {key}: expected one of {choices}, got {value!r}")
+                raise CEPDError(f"{where}: {key}: expected one of {choices}, got {brief(value)}")
         elif f.type == "int":
             values[f.name] = int(_number(value, key, where, integer=True))
         else:
-            values[f.name] = _number(value, key, where, allow_zero=f.name.endswith("energy_rel"))
+            values[f.name] = _number(value, key, where)
     return cls(**values)
 
 
 def _check_keys(data: dict, allowed: set, optional: set, where: str) -> None:
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=repr)
     if unknown:
-        raise CEPDError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise CEPDError(f"{where}: unknown key {brief(unknown[0])} (allowed: {', '.join(sorted(allowed))})")
     missing = sorted(allowed - optional - set(data))
     if missing:
         raise CEPDError(f"{where}: missing field {missing[0]!r}")
 
 
-def _number(value, key: str, where: str, *, integer: bool = False, allow_zero: bool = False) -> float:
+def _number(value, key: str, where: str, *, integer: bool = False) -> float:
+    """A finite number within the field's range (``_BOUNDS``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CEPDError(f"{where}: {key}: expected a number, got {value!r}")
+        raise CEPDError(f"{where}: {key}: expected a number, got {brief(value)}")
     if integer and value != int(value):
-        raise CEPDError(f"{where}: {key}: expected an integer, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise CEPDError(f"{where}: {key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise CEPDError(f"{where}: {key}: expected an integer, got {brief(value)}")
+    low, high = _bounds(key)
+    if value < 0 or (value == 0 and low > 0):
+        raise CEPDError(f"{where}: {key}: must be {'>= 0' if low == 0 else '> 0'}, got {brief(value)}")
+    if not low <= value <= high:
+        raise CEPDError(f"{where}: {key}: must be between {low:g} and {high:g}, got {brief(value)}")
     return float(value)
 
 
 def _flag(value, key: str, where: str) -> bool:
     if not isinstance(value, bool):
-        raise CEPDError(f"{where}: {key}: expected true or false, got {value!r}")
+        raise CEPDError(f"{where}: {key}: expected true or false, got {brief(value)}")
     return value
 
 
-def _text(value, key: str, where: str) -> str:
+def _text(value, key: str, where: str, limit: int = MAX_NAME) -> str:
     if not isinstance(value, str) or not value:
-        raise CEPDError(f"{where}: {key}: expected a non-empty string, got {value!r}")
+        raise CEPDError(f"{where}: {key}: expected a non-empty string, got {brief(value)}")
+    if len(value) > limit or not value.isprintable():
+        raise CEPDError(f"{where}: {key}: expected one line of at most {limit} characters, "
+                        f"got {brief(value)}")  # fmt: skip
     return value

@@ -106,6 +106,7 @@ class FunctionBuilder(GraphBuilder):
 
 
 def value_info(name: str, shape: Sequence[int]) -> onnx.ValueInfoProto:
+    """A float32 graph input/output ``name`` of ``shape``."""
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
 
 
@@ -118,6 +119,8 @@ def make_model(
     functions: Sequence[onnx.FunctionProto] = (),
     extra_opsets: dict[str, int] | None = None,
 ) -> onnx.ModelProto:
+    """The builder's nodes and initializers as an ONNX model (opset :data:`OPSET` plus
+    ``extra_opsets``, IR :data:`IR_VERSION`), with the local ``functions``."""
     graph = helper.make_graph(b.nodes, name, inputs, outputs, list(b.initializers.values()))
     opsets = [helper.make_opsetid("", OPSET)]
     opsets += [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]

@@ -1,7 +1,8 @@
 """The native TTSparseConv kernel as an onnxruntime custom-op library (``cepd_deploy._ort_cepd``).
 
-Built by ``pip install`` from ``kernels/ort_customop.cpp`` and the kernel sources (see setup.py
-for where the onnxruntime C API header comes from). Registered in a session, it runs every
+Built by ``pip install`` from ``kernels/ort_customop.cpp`` and the kernel sources, against our own
+declaration of onnxruntime's C API (``kernels/ort_abi.h``, API version 21: onnxruntime >= 1.21).
+Registered in a session, it runs every
 ``ai.cepd::TTSparseConv`` node of a fused model in C++, with the weights packed once when the
 session is created::
 
@@ -9,11 +10,12 @@ session is created::
     so.register_custom_ops_library(cepd_deploy.get_library_path())
     sess = onnxruntime.InferenceSession(native_model(fused), so)
 
-The fused exporter gives each layer the kernel supports a ``native_desc`` attribute; the library
-rejects nodes without one, so :func:`native_model` renames those (op :data:`REF_OP`, same function
-body) and onnxruntime runs them as standard ops. A model whose layers are all supported can be
-loaded as it is; :func:`native_model` also moves the dense 1x1 convs that follow native layers
-onto the kernel (:func:`native_dense`), which saves onnxruntime's layout reorders around them.
+The fused exporter gives each layer the kernel supports a ``native_desc`` attribute, and every other
+layer a ``ref_desc`` (:meth:`~cepd_deploy.native.layer.KernelLayer.ref_desc`): the library runs those by a
+reference path (the function body's ops in plain loops, one thread), so any fused model loads as it
+is. :func:`native_model` renames them instead (op :data:`REF_OP`, same function body), so onnxruntime
+runs them as its own, faster standard ops; it also moves the dense 1x1 convs that follow native
+layers onto the kernel (:func:`native_dense`), which saves onnxruntime's layout reorders around them.
 The kernel's thread pool is its own, per process: :func:`set_threads`
 (:func:`~cepd_deploy.targets.onnx.session.build_session` does it from ``threads``).
 """
@@ -21,13 +23,15 @@ The kernel's thread pool is its own, per process: :func:`set_threads`
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from functools import lru_cache
 
 import onnx
 
+from cepd_deploy.native.layer import KernelLayer
+from cepd_deploy.native.library import extension_path, loads
+from cepd_deploy.plan.ir import ConvAttrs
 from cepd_deploy.targets.onnx.fused import DOMAIN, OP_TYPE
-from cepd_deploy.targets.onnx.native import _desc as native_desc
-from cepd_deploy.targets.onnx.native import extension_path, loads, supported
 
 REF_OP = "TTSparseConvRef"  # unsupported layers: the function body, not claimed by the library
 DESC_ATTR = "native_desc"
@@ -37,7 +41,7 @@ DESC_ATTR = "native_desc"
 def get_library_path() -> str:
     """Path of the custom-op library, for ``SessionOptions.register_custom_ops_library``."""
     return extension_path("_ort_cepd", "the onnxruntime custom-op library (cepd_deploy._ort_cepd; needs a "
-                          "C++17 compiler and onnxruntime's C API header at install)")  # fmt: skip
+                          "C++17 compiler at install; `cepd-deploy doctor` tells why not)")  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -55,8 +59,11 @@ def available() -> bool:
 
 
 def set_threads(n: int) -> None:
-    """Threads of the library's kernel pool (default: min(2, cores)); applies to all sessions."""
-    _lib().cepd_tts_set_threads(int(n))
+    """Threads of the library's kernel pool (default: min(2, cores)); applies to all sessions. At
+    least 1, at most the machine's (more: clamped, with a notice)."""
+    from cepd_deploy.threads import clamp
+
+    _lib().cepd_tts_set_threads(clamp(n, "custom-op library threads"))
 
 
 def runs() -> int:
@@ -124,14 +131,14 @@ def native_dense(model: onnx.ModelProto) -> int:
     gone: set[int] = set()
     for n in g.node:
         reads = n.input[0] if n.input else None
-        st = _dense_1x1(n, inits, shapes) if reads in native or reads in shared else None
-        if st is None:
+        k = _dense_1x1(n, inits, shapes) if reads in native or reads in shared else None
+        if k is None:
             continue
         absorbed, y, residual = [n], n.output[0], None
         add = sole_user(y, "Add")
         if add is not None and len(add.input) == 2:
             other = add.input[1] if add.input[0] == y else add.input[0]
-            if other != y and shapes.get(other) == st["out_shape"]:
+            if other != y and tuple(shapes.get(other) or ()) == k.out_shape:
                 absorbed.append(add)
                 y, residual = add.output[0], other
         relu = sole_user(y, "Relu")
@@ -140,9 +147,9 @@ def native_dense(model: onnx.ModelProto) -> int:
             y = relu.output[0]
         if reads not in native and (residual or y in outputs or not all(map(is_native, users.get(y, [])))):
             continue  # the second case: no residual, and only native nodes read the output
-        st.update(residual=residual is not None, act="relu" if relu is not None else "")
-        attrs = {DESC_ATTR: native_desc(st), "act": st["act"], "residual": int(residual is not None)}
-        inputs = [*n.input[: 3 if st["bias"] else 2]] + ([residual] if residual else [])
+        k = dataclasses.replace(k, residual=residual is not None, act="relu" if relu is not None else "")
+        attrs = {DESC_ATTR: k.desc(), "act": k.act, "residual": int(residual is not None)}
+        inputs = [*n.input[: 3 if k.bias else 2]] + ([residual] if residual else [])
         node = onnx.helper.make_node(OP_TYPE, inputs, [y], name=f"{n.name}/native", domain=DOMAIN, **attrs)
         replace[id(absorbed[-1])] = node
         gone.update(id(a) for a in absorbed[:-1])
@@ -154,9 +161,9 @@ def native_dense(model: onnx.ModelProto) -> int:
     return len(replace)
 
 
-def _dense_1x1(n: onnx.NodeProto, inits: dict, shapes: dict) -> dict | None:
-    """The kernel's layer structure (see ``fused.structure``) of a standard 1x1 Conv node with
-    constant weights, or None if it is not one the kernel runs."""
+def _dense_1x1(n: onnx.NodeProto, inits: dict, shapes: dict) -> KernelLayer | None:
+    """The kernel's layer of a standard 1x1 Conv node with constant weights, or None if it is not
+    one the kernel runs."""
     if n.op_type != "Conv" or n.domain != "" or len(n.input) < 2 or n.input[1] not in inits:
         return None
     a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
@@ -170,10 +177,6 @@ def _dense_1x1(n: onnx.NodeProto, inits: dict, shapes: dict) -> dict | None:
     known = in_shape and out_shape and 0 not in in_shape[1:]
     if not plain or not known or (bias and n.input[2] not in inits):
         return None
-    cin, cout = int(w.dims[1]), int(w.dims[0])
-    step = {"op": "conv", "outer": 1, "inner": 1, "cin": cin, "cout": cout, "kernel": [1, 1],
-            "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}  # fmt: skip
-    st = {"in_shape": in_shape, "out_shape": out_shape, "subsample": list(a.get("strides", [1, 1])),
-          "kappa": 0, "s_conv": None, "steps": [step], "scale": False, "bias": bias,
-          "residual": False, "act": ""}  # fmt: skip
-    return st if supported(st) is None else None
+    step = ConvAttrs((1, 1), cin=int(w.dims[1]), cout=int(w.dims[0]))
+    k = KernelLayer(tuple(in_shape), tuple(out_shape), (step,), tuple(a.get("strides", [1, 1])), bias=bias)
+    return k if k.unsupported() is None else None

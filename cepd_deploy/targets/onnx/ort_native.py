@@ -22,8 +22,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.native.kernel import NativeLayer
+from cepd_deploy.native.layer import KernelLayer
 from cepd_deploy.targets.onnx.fused import DOMAIN, OP_TYPE
-from cepd_deploy.targets.onnx.native import NativeLayer, supported
 
 CONTRIB = "ai.onnx.contrib"
 OPS = {False: "CepdTTSparseConv", True: "CepdTTSparseConvResidual"}
@@ -79,28 +80,27 @@ def native_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[NativeLa
         if node.domain != DOMAIN or node.op_type != OP_TYPE:
             nodes.append(node)
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        st = json.loads(attrs["structure"])
-        if supported(st) is not None:
+        structure = next(a for a in node.attribute if a.name == "structure")
+        spec = KernelLayer.from_json(json.loads(helper.get_attribute_value(structure)))
+        if spec.unsupported() is not None:
             nodes.append(node)
             continue
         ins = list(node.input)
-        n_w = len(st["steps"]) + (1 if st["kappa"] else 0)
-        k = 1 + n_w
+        k = 1 + len(spec.steps) + (1 if spec.kappa else 0)
         weights = [numpy_helper.to_array(inits[n]) for n in ins[1:k]]
         index = None
-        if st["kappa"]:
+        if spec.kappa:
             index, k = numpy_helper.to_array(inits[ins[k]]), k + 1
-        for flag in ("scale", "bias"):
-            if st[flag]:
+        for flag in (spec.scale, spec.bias):
+            if flag:
                 weights.append(numpy_helper.to_array(inits[ins[k]]))
                 k += 1
-        layer = NativeLayer(st, weights, index)
+        layer = NativeLayer(spec, weights, index)
         key = f"{id(layer):x}"
         _LAYERS[key] = layer
         layers.append(layer)
-        data = [ins[0]] + ([ins[-1]] if st["residual"] else [])
-        nodes.append(helper.make_node(OPS[bool(st["residual"])], data, list(node.output), name=node.name,
+        data = [ins[0]] + ([ins[-1]] if spec.residual else [])
+        nodes.append(helper.make_node(OPS[spec.residual], data, list(node.output), name=node.name,
                                       domain=CONTRIB, key=key))  # fmt: skip
     del g.node[:]
     g.node.extend(nodes)

@@ -42,8 +42,8 @@ import onnx
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import nodes_macs
-from cepd_deploy.plan.ir import Epilogue, Node, Op, Plan
-from cepd_deploy.plan.rewrite import is_pointwise, readers
+from cepd_deploy.plan.ir import ConvAttrs, Epilogue, MatmulAttrs, Node, Op, Plan, PoolAttrs, ReluAttrs
+from cepd_deploy.plan.passes import is_pointwise
 from cepd_deploy.targets.onnx.graph import GraphBuilder, make_model, value_info
 
 Handler = Callable[["Emitter", Node], tuple[str, Epilogue]]
@@ -79,7 +79,7 @@ class WeightSource:
         return self.b.const(name or const, w)
 
     def _placement(self, node: Node, scale: str | None, cols: int) -> np.ndarray:
-        index = node.attrs["index"]
+        index = node.attrs.index
         place = np.zeros((node.out_shape[1], cols, 1, 1), np.float32)
         place[list(index), np.arange(len(index))] = 1.0
         if scale:
@@ -93,13 +93,13 @@ class WeightSource:
 
     def scatter_nd_index(self, node: Node) -> str:
         """ScatterND indices (N, kappa, 2): (batch, channel) pairs selecting HxW planes."""
-        n, index = node.out_shape[0], np.array(node.attrs["index"], np.int64)
+        n, index = node.out_shape[0], np.array(node.attrs.index, np.int64)
         pairs = np.stack(np.broadcast_arrays(np.arange(n)[:, None], index[None, :]), -1)
         return self.b.const(f"{node.name}.nd_index", pairs.astype(np.int64))
 
     def index_scale(self, node: Node, scale: str) -> str:
         """``scale`` at the scatter's index, shaped (1, kappa, 1, 1)."""
-        s = self.array(scale).reshape(-1)[list(node.attrs["index"])]
+        s = self.array(scale).reshape(-1)[list(node.attrs.index)]
         return self.b.const(f"{node.name}.index_scale", s.reshape(1, -1, 1, 1))
 
     def stacked(self, first: Node, s: Node, rows: int) -> str:
@@ -189,26 +189,28 @@ class Emitter:
         return y, (replace(e, scale=None, bias=None) if folds else e)
 
 
-def _conv_attrs(a: dict) -> dict:
-    ph, pw = a["padding"]
-    return dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
-                dilations=list(a["dilation"]), group=a["groups"])  # fmt: skip
+def _conv_attrs(a: ConvAttrs) -> dict:
+    ph, pw = a.padding
+    return dict(kernel_shape=list(a.kernel), strides=list(a.stride), pads=[ph, pw, ph, pw],
+                dilations=list(a.dilation), group=a.groups)  # fmt: skip
 
 
 def _conv(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     a = node.attrs
+    assert isinstance(a, ConvAttrs)
     n, _, h, w = node.in_shapes[0]
-    shape = (a["cout"], a["cin"] // a["groups"], *a["kernel"])
-    return em.conv(node, node.inputs[0], (node.weights[0], shape), _conv_attrs(a), a["outer"] == 1,
-                   (n * a["outer"], a["cin"], h, w))  # fmt: skip
+    shape = (a.cout, a.cin // a.groups, *a.kernel)
+    return em.conv(node, node.inputs[0], (node.weights[0], shape), _conv_attrs(a), a.outer == 1,
+                   (n * a.outer, a.cin, h, w))  # fmt: skip
 
 
 def _matmul(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     a = node.attrs
+    assert isinstance(a, MatmulAttrs)
     n, _, h, w = node.in_shapes[0]
-    in_view = (n * a["outer"], a["cin"], a["inner"] * h, w)
-    folds = a["outer"] == 1 and a["inner"] == 1
-    weight = (node.weights[0], (a["cout"], a["cin"], 1, 1))
+    in_view = (n * a.outer, a.cin, a.inner * h, w)
+    folds = a.outer == 1 and a.inner == 1
+    weight = (node.weights[0], (a.cout, a.cin, 1, 1))
     return em.conv(node, node.inputs[0], weight, dict(kernel_shape=[1, 1]), folds, in_view)
 
 
@@ -229,7 +231,7 @@ def _affine(em: Emitter, node: Node) -> tuple[str, Epilogue]:
 
 def _permute(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     n, c, h, w = node.in_shapes[0]
-    axes, perm = node.attrs["axes"], node.attrs["perm"]
+    axes, perm = node.attrs.axes, node.attrs.perm
     k = len(axes)
     y = em.b.reshape(node.inputs[0], (n, *axes, h * w))
     y = em.b.node("Transpose", [y], perm=[0, *(p + 1 for p in perm), k + 1])
@@ -271,26 +273,27 @@ class ScatterForm:
 
 
 def scatter_forms(plan: Plan) -> dict[str, ScatterForm]:
-    """The emission form of every scatter-add of a Plan."""
-    uses, by_output = readers(plan), {n.output: n for n in plan.nodes}
+    """The emission form of the scatter-add of every CEPD block of a Plan (by scatter name)."""
+    uses, producer = plan.readers(), plan.producer()
 
-    def single(value: str, layer: str) -> Node | None:
-        n = by_output.get(value)
-        ok = n is not None and uses[value] == 1 and n.epilogue.empty and n.layer == layer
-        return n if ok else None
+    def single(value: str, among: tuple[Node, ...]) -> Node | None:
+        """The node of ``among`` writing ``value``, if only one node reads it and it has no epilogue."""
+        p = producer.get(value)
+        return p if p is not None and uses[value] == 1 and p.epilogue.empty and p in among else None
 
     out = {}
-    for n in plan.nodes:
-        if n.op is not Op.SCATTER_ADD:
+    for block in plan.blocks():
+        n = block.scatter
+        if n is None:
             continue
-        kappa, cout = n.in_shapes[1][1], n.out_shape[1]
+        kappa, cout = block.kappa, n.out_shape[1]
         pixels = math.prod(n.out_shape) // cout
-        layer_macs = nodes_macs(plan.layer_nodes(n.layer))
-        step = single(n.inputs[0], n.layer)
+        layer_macs = nodes_macs(block.nodes)
+        step = single(block.chain_output, block.steps)
         step = step if step is not None and is_pointwise(step) else None
-        s = single(n.inputs[1], n.layer)
-        paddable = s is not None and s.op in (Op.CONV, Op.MATMUL) and s.attrs["outer"] == 1
-        first = single(step.inputs[0], n.layer) if step is not None else None
+        s = single(n.inputs[1], (block.sparse,))
+        paddable = s is not None and isinstance(s.attrs, ConvAttrs | MatmulAttrs) and s.attrs.outer == 1
+        first = single(step.inputs[0], block.steps) if step is not None else None
         if first is not None and is_pointwise(first) and s is not None and is_pointwise(s) \
                 and s.inputs[0] == first.inputs[0]:  # fmt: skip
             r = first.out_shape[1]
@@ -355,13 +358,14 @@ def _scatter_add(em: Emitter, node: Node) -> tuple[str, Epilogue]:
 
 def _pool(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     a = node.attrs
-    ph, pw = a["padding"]
-    attrs = dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
-                 ceil_mode=int(a.get("ceil_mode", False)))  # fmt: skip
+    assert isinstance(a, PoolAttrs)
+    ph, pw = a.padding
+    onnx_kw = dict(kernel_shape=list(a.kernel), strides=list(a.stride), pads=[ph, pw, ph, pw],
+                   ceil_mode=int(a.ceil_mode))  # fmt: skip
     if node.op is Op.AVGPOOL:
-        attrs["count_include_pad"] = 1
+        onnx_kw.update(count_include_pad=1)
     op = "MaxPool" if node.op is Op.MAXPOOL else "AveragePool"
-    return em.b.node(op, [node.inputs[0]], **attrs), node.epilogue
+    return em.b.node(op, [node.inputs[0]], **onnx_kw), node.epilogue
 
 
 def _simple(op_type: str, **attrs) -> Handler:
@@ -373,7 +377,8 @@ def _simple(op_type: str, **attrs) -> Handler:
 
 def _relu(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     # RELU carries no epilogue of its own (not in EPILOGUE_OPS): the act is emitted as one
-    return node.inputs[0], Epilogue(act="relu6" if node.attrs.get("max") == 6.0 else "relu")
+    assert isinstance(node.attrs, ReluAttrs)
+    return node.inputs[0], Epilogue(act="relu6" if node.attrs.max == 6.0 else "relu")
 
 
 HANDLERS: dict[Op, Handler] = {

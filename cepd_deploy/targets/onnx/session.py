@@ -19,7 +19,9 @@ def session_options(threads: int | None = None, *, spinning: bool = False, optim
 
     so = ort.SessionOptions()
     if threads:
-        so.intra_op_num_threads = int(threads)
+        from cepd_deploy.threads import clamp
+
+        so.intra_op_num_threads = clamp(threads, "onnxruntime threads")
         so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -59,7 +61,7 @@ def build_session(model, threads: int | None = None, *, spinning: bool = False, 
         if threads:
             ort_library.set_threads(threads)
     elif how == "extensions":
-        from cepd_deploy.targets.onnx.native import set_threads
+        from cepd_deploy.native.library import set_threads
         from cepd_deploy.targets.onnx.ort_native import library_path, native_model
 
         so.register_custom_ops_library(library_path())

@@ -1,50 +1,50 @@
 """PYNQ-Z1 target: an HLS overlay engine, its program compiler, C-simulation and latency model.
 
+The target is :class:`~cepd_deploy.targets.pynq_z1.target.PynqZ1` (``build`` and ``estimate``
+through :mod:`cepd_deploy.targets`); the functions below are imported on first use (this package
+imports nothing heavy, so the registry can list it).
+
 * ``estimate(plan, config=None) -> Report`` - latency (per op, per layer, total) and resources of
   a Plan (batch 1) on the engine; ``Report.to_json()`` holds ``totals.latency_ms``.
-* ``build(model, out, csim=..., bits=..., clock_mhz=...) -> dict`` - a self-contained project
-  (engine C++, Tcl, Makefile, driver.py, weight blob, golden vectors, README.md).
-* ``TARGET`` - name, kind and the op -> handler table (every Plan op has one).
+* ``build(plan, out, label=..., csim=..., bits=..., clock_mhz=...) -> dict`` - a self-contained
+  project (engine C++, Tcl, Makefile, driver.py, weight blob, golden vectors, README.md).
 """
 
 from __future__ import annotations
 
-from cepd_deploy.targets import TargetInfo
-from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board, make_config
-from cepd_deploy.targets.pynq_z1.model import Report, estimate, resources
-from cepd_deploy.targets.pynq_z1.program import HANDLERS, UNSUPPORTED
-from cepd_deploy.targets.pynq_z1.project import build
+import importlib
+from typing import TYPE_CHECKING, Any
 
-TARGET = TargetInfo("pynq-z1", "fpga", HANDLERS, UNSUPPORTED)
+if TYPE_CHECKING:
+    from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board, make_config
+    from cepd_deploy.targets.pynq_z1.model import Report, estimate, resources
+    from cepd_deploy.targets.pynq_z1.project import build
+    from cepd_deploy.targets.pynq_z1.target import PynqZ1
 
-__all__ = [
-    "TARGET",
-    "EngineConfig",
-    "Report",
-    "build",
-    "cli",
-    "estimate",
-    "load_board",
-    "make_config",
-    "resources",
-]
+#: public name -> the module that defines it
+_LAZY = {
+    "EngineConfig": "config",
+    "PynqZ1": "target",
+    "Report": "model",
+    "build": "project",
+    "estimate": "model",
+    "load_board": "config",
+    "make_config": "config",
+    "resources": "model",
+}
 
 
-def cli(args) -> tuple[dict, str, int]:
-    """``cepd-deploy build --target pynq-z1``: (the JSON figures, the text summary, exit code)."""
-    from cepd_deploy.targets.pynq_z1.summary import text_summary
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562); other names are submodules or errors."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # once
+    return value
 
-    shape = tuple(args.input_shape) if getattr(args, "input_shape", None) else None
-    result = build(
-        args.model,
-        args.output,
-        input_shape=shape,
-        bits=args.bits,
-        clock_mhz=args.clock_mhz,
-        csim=args.csim,
-        calib=args.calib,
-        golden=args.golden,
-        seed=args.seed,
-    )
-    code = 1 if result["csim"] is not None and not result["csim"]["bit_exact"] else 0
-    return result, text_summary(result, report=args.report), code
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["EngineConfig", "PynqZ1", "Report", "build", "estimate", "load_board", "make_config", "resources"]

@@ -47,6 +47,7 @@ ALIGN = 4  # DDR regions start on 8-byte (one 64-bit beat) boundaries
 
 
 def align(n: int, a: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``a`` (default: one 64-bit DDR beat, in int16 words)."""
     return (n + a - 1) // a * a
 
 

@@ -17,13 +17,14 @@ import json
 from dataclasses import asdict, dataclass, fields
 from functools import cache
 
-import yaml
-
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.untrusted import brief, load_yaml
 
 
 @dataclass(frozen=True)
 class Resources:
+    """Programmable-logic resources: DSP slices, 36 Kb block RAMs, LUTs and flip-flops."""
+
     dsp: int
     bram36: float
     lut: int
@@ -32,6 +33,9 @@ class Resources:
 
 @dataclass(frozen=True)
 class HPPort:
+    """One AXI high-performance port (per direction): width (bits), sustained fraction of width x
+    clock, first-data latency (cycles), burst limit (beats) and per-burst overhead (cycles)."""
+
     width_bits: int
     efficiency: float
     read_latency_cycles: int
@@ -41,6 +45,9 @@ class HPPort:
 
 @dataclass(frozen=True)
 class Board:
+    """The board spec (``hw/pynq_z1/board.yaml``): part, PL resources, DDR peak (MB/s) and sustained
+    fraction, the HP port, default and highest clock (MHz)."""
+
     name: str
     part: str
     board_part: str
@@ -59,6 +66,9 @@ def _section(d: dict, key: str, names: set[str]) -> dict:
     sec = d.get(key)
     if not isinstance(sec, dict) or set(sec) != names:
         raise CEPDError(f"board spec: section {key!r} must have exactly {sorted(names)}")
+    for name, value in sec.items():  # counts, rates and fractions: finite and positive
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e12:
+            raise CEPDError(f"board spec: {key}.{name}: expected a positive number, got {brief(value)}")
     return sec
 
 
@@ -68,11 +78,15 @@ def load_board(name: str = "pynq-z1") -> Board:
     from cepd_deploy import hw
 
     path = hw.path("pynq_z1", "board.yaml")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or set(data) != _BOARD_KEYS or data["version"] != 1:
+    data = load_yaml(path, "board spec")
+    if not isinstance(data, dict) or set(data) != _BOARD_KEYS or type(data["version"]) is not int \
+            or data["version"] != 1:  # fmt: skip
         raise CEPDError(f"{path}: expected version 1 and keys {sorted(_BOARD_KEYS)}")
     if data["name"] != name:
-        raise CEPDError(f"{path}: describes {data['name']!r}, not {name!r}")
+        raise CEPDError(f"{path}: describes {brief(data['name'])}, not {name!r}")
+    for key in ("part", "board_part"):
+        if not isinstance(data[key], str) or not data[key].isprintable() or len(data[key]) > 100:
+            raise CEPDError(f"{path}: {key}: expected one line of text, got {brief(data[key])}")
     res = _section(data, "resources", {f.name for f in fields(Resources)})
     ddr = _section(data, "ddr", {"peak_mb_s", "efficiency"})
     hp = _section(data, "hp_port", {f.name for f in fields(HPPort)})

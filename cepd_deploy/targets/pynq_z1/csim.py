@@ -1,8 +1,10 @@
 """C-simulation: compile the engine with g++ against hls4ml's ap_types headers and run it.
 
 The engine does not depend on the model (the program is data), so one build per engine
-configuration is compiled once and cached (``$CEPD_CACHE_DIR`` or ``~/.cache/cepd-deploy``);
-only the small testbench is compiled per model (it prints the model's label).
+configuration is compiled once and cached (``$CEPD_DEPLOY_CACHE`` or ``~/.cache/cepd-deploy``),
+with the SHA-256 of each binary: an entry whose binaries do not match (truncated, replaced) is
+discarded with a notice and compiled again. Only the small testbench is compiled per model (it
+prints the model's label).
 
 >>> sim = build_sim(EngineConfig())                     # doctest: +SKIP
 >>> out = run_csim(sim, blob, images_q, label="m")       # int16 outputs   # doctest: +SKIP
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -22,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cepd_deploy.cache import cache_root
+from cepd_deploy.cache import cache_root, discard, ensure_dir
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.ownership import digest as file_digest
+from cepd_deploy.ownership import sweep_stale
 from cepd_deploy.targets.pynq_z1.config import EngineConfig
 from cepd_deploy.targets.pynq_z1.render import render_engine
 
@@ -68,6 +73,10 @@ def _run(cmd: list[str], cwd: Path | None = None) -> None:
         raise CEPDError(f"C-simulation build failed: {' '.join(cmd[:2])} ...\n" + "\n".join(tail))
 
 
+BINARIES = ("engine.o", "libcepd_sim.so")  # what a cached engine build holds, checked by digest
+DIGESTS = "digests.json"
+
+
 @dataclass(frozen=True)
 class SimBuild:
     """One compiled engine: its sources, object file and ctypes library."""
@@ -94,9 +103,13 @@ def build_sim(cfg: EngineConfig, cache: Path | None = None) -> SimBuild:
         digest.update(" ".join([cxx, *CXXFLAGS, str(ap)]).encode())
         root = (cache or cache_root()) / "pynq_z1" / digest.hexdigest()[:16]
         lib = root / "libcepd_sim.so"
-        if lib.is_file():
-            return SimBuild(root, root / "engine.o", lib)
-        root.parent.mkdir(parents=True, exist_ok=True)
+        if root.exists() or root.is_symlink():
+            why = _entry_damaged(root)
+            if why is None:
+                return SimBuild(root, root / "engine.o", lib)
+            discard(root, why, "C-simulation cache entry")
+        ensure_dir(root.parent)
+        sweep_stale(root.parent, r"\.build-[a-z0-9_]{8}")  # left by killed builds
         stage = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
         try:
             shutil.copytree(tmp, stage, dirs_exist_ok=True)
@@ -125,6 +138,8 @@ def build_sim(cfg: EngineConfig, cache: Path | None = None) -> SimBuild:
                     str(stage / "libcepd_sim.so"),
                 ]
             )
+            sums = {name: file_digest(stage / name) for name in BINARIES}
+            (stage / DIGESTS).write_text(json.dumps(sums, indent=1) + "\n")
             try:
                 stage.rename(root)  # atomic: a half-built cache entry never looks complete
             except OSError:  # built concurrently by someone else
@@ -133,6 +148,26 @@ def build_sim(cfg: EngineConfig, cache: Path | None = None) -> SimBuild:
             shutil.rmtree(stage, ignore_errors=True)
             raise
     return SimBuild(root, root / "engine.o", lib)
+
+
+def _entry_damaged(root: Path) -> str | None:
+    """Why a cached engine build cannot be used (None: it can): it must be a folder whose
+    binaries have the SHA-256 digests recorded when they were compiled."""
+    if root.is_symlink() or not root.is_dir():
+        return "not a folder"
+    try:
+        sums = json.loads((root / DIGESTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no readable {DIGESTS}"
+    if not isinstance(sums, dict):
+        return f"{DIGESTS} is not a table"
+    for name in BINARIES:
+        path = root / name
+        if path.is_symlink() or not path.is_file():
+            return f"{name} is missing"
+        if sums.get(name) != file_digest(path):
+            return f"{name} does not match its recorded digest"
+    return None
 
 
 def build_testbench(sim: SimBuild, tb_dir: Path, out: Path) -> Path:

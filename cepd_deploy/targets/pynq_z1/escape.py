@@ -60,6 +60,24 @@ def py_string(s: str) -> str:
     return repr(str(s))
 
 
+def py_doc(s: str) -> str:
+    """A Python string literal that can also stand inside a triple-double-quoted docstring (no
+    ``"`` unescaped, so a label holding ``\"\"\"`` cannot end the docstring)."""
+    return py_string(s).replace('"', '\\"')
+
+
+def md_code(s: str) -> str:
+    """A Markdown code span showing ``s`` verbatim (backslashes are literal in a code span, so
+    nothing is escaped): fenced by one backtick more than the longest run inside it, newlines
+    folded to spaces."""
+    s = re.sub(r"[\r\n\t]+", " ", str(s))
+    fence = "`" * (max((len(r) for r in re.findall("`+", s)), default=0) + 1)
+    if not s.strip(" "):
+        return f"`{s or ' '}`"  # spaces only: shown as they are
+    pad = " " if s[:1] in ("`", " ") or s[-1:] in ("`", " ") else ""  # CommonMark strips one each side
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
 def md_text(s: str) -> str:
     """Text for a Markdown table cell or line: no newlines, pipes, backticks or HTML."""
     s = re.sub(r"[\r\n\t]+", " ", str(s))

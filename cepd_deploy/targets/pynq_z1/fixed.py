@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.plan.ir import ConvAttrs, MatmulAttrs, Node, Op, Plan, ReluAttrs
 from cepd_deploy.targets.pynq_z1.isa import Act
 
 FW_MAX = 40  # the wide value's frac never exceeds this (see module docstring)
@@ -48,6 +48,7 @@ def align(v, s: int):
 
 
 def saturate(v, bits: int):
+    """``v`` clipped to the signed ``bits``-bit range (AP_SAT)."""
     return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
@@ -68,6 +69,7 @@ def quantize_array(x, frac: int, bits: int) -> np.ndarray:
 
 
 def dequantize(q, frac: int) -> np.ndarray:
+    """Ints at ``frac`` -> float64 reals (q * 2**-frac)."""
     return np.asarray(q, dtype=np.float64) * 2.0**-frac
 
 
@@ -211,10 +213,13 @@ def _quantize_node(q: QPlan, node: Node, maxabs: dict[str, float]) -> None:
     q.frac[node.output] = f_out
     f_w, shifts = None, ()
     if op in (Op.CONV, Op.MATMUL, Op.LINEAR):
-        red = (
-            node.attrs["cin"] // node.attrs.get("groups", 1) if op is not Op.LINEAR else node.in_shapes[0][1]
-        )
-        red *= math.prod(node.attrs.get("kernel", (1, 1)))
+        a = node.attrs
+        if isinstance(a, ConvAttrs):
+            red = a.cin // a.groups * math.prod(a.kernel)
+        elif isinstance(a, MatmulAttrs):
+            red = a.cin
+        else:  # LINEAR
+            red = node.in_shapes[0][1]
         if red > RED_LIMIT:
             raise CEPDError(
                 f"{node.name}: reduction of {red} products exceeds the 48-bit accumulator bound ({RED_LIMIT})"
@@ -231,7 +236,8 @@ def _quantize_node(q: QPlan, node: Node, maxabs: dict[str, float]) -> None:
         shifts = tuple(f - f_out for f in f_in)
         epi = Epi(f_out, frac=f_out)
     elif op is Op.RELU:
-        act = Act.RELU6 if node.attrs.get("max") == 6.0 else Act.RELU
+        assert isinstance(node.attrs, ReluAttrs)
+        act = Act.RELU6 if node.attrs.max == 6.0 else Act.RELU
         epi = Epi(f_in[0], act=act, frac=f_in[0], out_shift=f_in[0] - f_out)
     else:  # pools, flatten, permute (only permute may carry an epilogue)
         epi = _epilogue(q, node, f_in[0], f_out)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cepd_deploy.plan.ir import Node, Op
+from cepd_deploy.plan.ir import ConvAttrs, MatmulAttrs, Node, Op, PermuteAttrs, PoolAttrs, ScatterAttrs
 from cepd_deploy.targets.pynq_z1.fixed import (
     QPlan,
     align,
@@ -61,17 +61,17 @@ def finish(q: QPlan, node: Node, v: np.ndarray, env: Env) -> np.ndarray:
 
 def _conv(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
     a = node.attrs
+    assert isinstance(a, ConvAttrs)
     n, _, h, w = xs[0].shape
-    x = _t(xs[0]).reshape(n * a["outer"], a["cin"], h, w)
-    y = F.conv2d(
-        x, _t(q.qconsts[node.weights[0]]), None, a["stride"], a["padding"], a["dilation"], a["groups"]
-    )
+    x = _t(xs[0]).reshape(n * a.outer, a.cin, h, w)
+    y = F.conv2d(x, _t(q.qconsts[node.weights[0]]), None, a.stride, a.padding, a.dilation, a.groups)
     return finish(q, node, _i(y).reshape(n, *node.out_shape[1:]), env)
 
 
 def _matmul(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
     a = node.attrs
-    x = _t(xs[0]).reshape(xs[0].shape[0] * a["outer"], a["cin"], -1)
+    assert isinstance(a, MatmulAttrs)
+    x = _t(xs[0]).reshape(xs[0].shape[0] * a.outer, a.cin, -1)
     y = torch.matmul(_t(q.qconsts[node.weights[0]]), x)
     return finish(q, node, _i(y).reshape(xs[0].shape[0], *node.out_shape[1:]), env)
 
@@ -86,7 +86,8 @@ def _sum2(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
     v = align(xs[0], sa)
     if node.op is Op.SCATTER_ADD:
         v = v.copy()
-        v[:, list(node.attrs["index"])] += align(xs[1], sb)
+        assert isinstance(node.attrs, ScatterAttrs)
+        v[:, list(node.attrs.index)] += align(xs[1], sb)
     else:
         v = v + align(xs[1], sb)
     return finish(q, node, v, env)
@@ -95,7 +96,8 @@ def _sum2(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
 def _permute(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
     x = xs[0]
     n, _, h, w = x.shape
-    axes, perm = node.attrs["axes"], node.attrs["perm"]
+    assert isinstance(node.attrs, PermuteAttrs)
+    axes, perm = node.attrs.axes, node.attrs.perm
     k = len(axes)
     y = x.reshape(n, *axes, h, w).transpose(0, *(p + 1 for p in perm), k + 1, k + 2)
     return finish(q, node, y.reshape(n, *node.out_shape[1:]), env)
@@ -103,7 +105,8 @@ def _permute(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray
 
 def _maxpool(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
     a = node.attrs
-    y = F.max_pool2d(_t(xs[0]), a["kernel"], a["stride"], a["padding"], ceil_mode=a.get("ceil_mode", False))
+    assert isinstance(a, PoolAttrs)
+    y = F.max_pool2d(_t(xs[0]), a.kernel, a.stride, a.padding, ceil_mode=a.ceil_mode)
     return finish(q, node, _i(y), env)
 
 
@@ -119,16 +122,17 @@ def avgpool_counts(in_hw, out_hw, kernel, stride, padding) -> np.ndarray:
 
 def _avgpool(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
     a = node.attrs
+    assert isinstance(a, PoolAttrs)
     s = F.avg_pool2d(
         _t(xs[0]),
-        a["kernel"],
-        a["stride"],
-        a["padding"],
-        ceil_mode=a.get("ceil_mode", False),
+        a.kernel,
+        a.stride,
+        a.padding,
+        ceil_mode=a.ceil_mode,
         count_include_pad=True,
         divisor_override=1,
     )
-    counts = avgpool_counts(xs[0].shape[2:], node.out_shape[2:], a["kernel"], a["stride"], a["padding"])
+    counts = avgpool_counts(xs[0].shape[2:], node.out_shape[2:], a.kernel, a.stride, a.padding)
     v = rshift_round(_i(s) * pool_multiplier(counts), 24)
     return finish(q, node, v, env)
 
@@ -167,6 +171,7 @@ HANDLERS: dict[Op, Callable[[QPlan, Node, list[np.ndarray], Env], np.ndarray]] =
 
 
 def quantize_input(q: QPlan, x) -> np.ndarray:
+    """A float batch -> ints at the Plan's input frac (round half up, saturate)."""
     return quantize_array(x, q.input_frac, q.bits)
 
 

@@ -11,10 +11,11 @@ one-step groups; element-wise and data-movement ops run on the vector unit (DDR 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cache
 
-from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.plan.ir import CEPDBlock, ConvAttrs, MatmulAttrs, Node, Op, Plan, PoolAttrs
 from cepd_deploy.targets.pynq_z1.isa import StepOp
 
 ARRAY_OPS = {
@@ -102,6 +103,7 @@ class Group:
     src_img: tuple[int, ...] = ()  # (channels, height, width) of src in DDR
     from_blob: bool = False  # src is a weight section of the blob, not an arena value
     reads: tuple[str, ...] = ()  # other arena values the steps read (a transposed LINEAR's input)
+    subsample: Node | None = None  # a CEPD layer's 1x1 max-pool that the loader does (load_step)
 
     def __post_init__(self) -> None:
         self.src = self.src or self.x
@@ -131,27 +133,26 @@ def _image(node: Node, shape: tuple[int, ...], which: str) -> tuple[int, int, in
     a = node.attrs
     if node.op is Op.LINEAR:
         return (shape[1], 1, 1)
-    if node.op is Op.MATMUL:
-        c = a["cin"] if which == "in" else a["cout"]
-        return (c, a["inner"] * shape[2], shape[3])
-    if node.op is Op.CONV:
-        c = a["cin"] if which == "in" else a["cout"]
+    if isinstance(a, MatmulAttrs):
+        c = a.cin if which == "in" else a.cout
+        return (c, a.inner * shape[2], shape[3])
+    if isinstance(a, ConvAttrs):
+        c = a.cin if which == "in" else a.cout
         return (c, shape[2], shape[3])
     return (shape[1], shape[2], shape[3])  # pools
 
 
 def make_step(node: Node) -> Step:
+    """The engine step of a conv, matmul, linear or pool node (matmul and linear: a 1x1 window)."""
     a = node.attrs
     src_img, dst_img = _image(node, node.in_shapes[0], "in"), _image(node, node.out_shape, "out")
     op = ARRAY_OPS[node.op]
     if op is StepOp.MAC:
-        groups = a.get("groups", 1)
-        kw = dict(
-            kernel=tuple(a.get("kernel", (1, 1))),
-            stride=tuple(a.get("stride", (1, 1))),
-            padding=tuple(a.get("padding", (0, 0))),
-            dilation=tuple(a.get("dilation", (1, 1))),
-        )
+        groups, kw = 1, {}  # MATMUL and LINEAR: a 1x1 window
+        if isinstance(a, ConvAttrs):
+            groups = a.groups
+            kw = dict(kernel=a.kernel, stride=a.stride, padding=a.padding, dilation=a.dilation)
+            kw = {k: tuple(v) for k, v in kw.items()}
         return Step(
             node,
             op,
@@ -164,6 +165,7 @@ def make_step(node: Node) -> Step:
             dst_img[0] // groups,
             **kw,
         )
+    assert isinstance(a, PoolAttrs)
     c = src_img[0]
     return Step(
         node,
@@ -175,68 +177,71 @@ def make_step(node: Node) -> Step:
         c,
         1,
         1,
-        tuple(a["kernel"]),
-        tuple(a["stride"]),
-        tuple(a["padding"]),
+        tuple(a.kernel),
+        tuple(a.stride),
+        tuple(a.padding),
     )
 
 
 def images(node: Node) -> int:
+    """Folded images (N*outer) a node runs on."""
     a = node.attrs
-    return node.in_shapes[0][0] * (a.get("outer", 1) if node.op in (Op.CONV, Op.MATMUL) else 1)
+    return node.in_shapes[0][0] * (a.outer if isinstance(a, (ConvAttrs, MatmulAttrs)) else 1)
 
 
-def _readers(plan: Plan) -> dict[str, int]:
-    readers: dict[str, int] = {plan.output: 1}
-    for node in plan.nodes:
-        for x in node.inputs:
-            readers[x] = readers.get(x, 0) + 1
-    return readers
+def _unfolded(node: Node) -> bool:
+    """A contraction on the plain (N, C, H, W) view (no outer or inner channel modes)."""
+    a = node.attrs
+    if isinstance(a, MatmulAttrs):
+        return a.outer == 1 and a.inner == 1
+    return isinstance(a, ConvAttrs) and a.outer == 1
 
 
-def _fusable(nodes: list[Node], readers: dict[str, int]) -> Group | None:
-    """A CEPD layer's nodes as one group, or None when they do not form a fusable chain."""
-    last = nodes[-1]
-    scatter = last if last.op is Op.SCATTER_ADD else None
-    body = nodes[:-1] if scatter else nodes
-    produced = {n.output for n in nodes}
-    for n in body:
-        if n.op not in ARRAY_OPS or n.op is Op.LINEAR or (n.epilogue.residual and n is not last):
-            return None
-        if n.op in (Op.CONV, Op.MATMUL) and (n.attrs["outer"] != 1 or n.attrs.get("inner", 1) != 1):
-            return None
-    inner = body if scatter else body[:-1]  # values that must stay inside the group
-    local = {}
-    for n in nodes:
-        for x in n.inputs:
-            local[x] = local.get(x, 0) + 1
-    if any(readers.get(n.output, 0) != local.get(n.output, 0) for n in inner):
+def fused(block: CEPDBlock, readers: Counter[str]) -> Group | None:
+    """A CEPD layer as one group, or None when the engine cannot run it as one.
+
+    The group's steps are the TT chain, the S conv before the chain's last step, and the
+    scatter-add fused into that last step's epilogue; a strided 1x1 layer's subsample is done
+    by the loader (``load_step``), so the tile buffer holds only the pixels used. The engine
+    needs every step on the PE array on unfolded views (no PERMUTE, ``outer = inner = 1``), the
+    residual only on the last node, and no value inside the layer read from outside it.
+    """
+    chain = block.steps
+    sparse, scatter, sub = block.sparse, block.scatter, block.subsample
+    on_array = all(n.op in (Op.CONV, Op.MATMUL) and _unfolded(n) for n in chain)
+    if len(block.nodes) < 2 or not chain or not on_array:
         return None
-    externals = {x for n in nodes for x in n.data_inputs if x not in produced}
-    if len(externals) != 1 or (scatter and not set(scatter.data_inputs) <= produced):
+    if sparse is not None and not _unfolded(sparse):
         return None
-    steps = {n.output: make_step(n) for n in body}
-    order = [n for n in body]
-    if scatter:
-        a_src, b_src = scatter.data_inputs
-        a_node = next(n for n in body if n.output == a_src)
-        if ARRAY_OPS[a_node.op] is not StepOp.MAC or not a_node.epilogue.empty:
+    if any(n.epilogue.residual for n in block.nodes if n is not block.last):
+        return None
+    inside = Counter(x for n in block.nodes for x in n.inputs)
+    if any(readers[n.output] != inside[n.output] for n in block.nodes if n is not block.last):
+        return None
+    produced = {n.output for n in block.nodes}
+    if {x for n in block.nodes for x in n.data_inputs if x not in produced} != {block.input}:
+        return None
+    steps = [make_step(n) for n in chain]
+    if scatter is not None:
+        last = chain[-1]
+        if sparse is None or scatter.data_inputs != (last.output, sparse.output) or not last.epilogue.empty:
             return None
-        steps[a_src] = replace(steps[a_src], dst=scatter.output, scatter=scatter, scatter_b=b_src)
-        order = [n for n in body if n is not a_node] + [a_node]
-    (x,) = externals
-    g = Group(
-        last.layer,
-        [steps[n.output] for n in order],
-        x,
-        last.output,
-        residual=last.inputs[-1] if last.epilogue.residual else None,
-    )
-    g.buffered = [x] + [s.dst for s in g.steps[:-1]]
-    return flat_rows(strided_load(g))
+        tail = replace(steps[-1], dst=scatter.output, scatter=scatter, scatter_b=sparse.output)
+        steps = steps[:-1] + [make_step(sparse), tail]
+    elif sparse is not None:
+        return None
+    x = block.branch_input
+    g = Group(block.layer, steps, x, block.output, residual=block.residual)
+    g.buffered = [x] + [s.dst for s in steps[:-1]]
+    if sub is None:
+        return flat_rows(g)
+    assert isinstance(sub.attrs, PoolAttrs)  # a 1x1 max-pool with the layer's stride
+    src_img = _image(sub, sub.in_shapes[0], "in")
+    return replace(g, src=block.input, src_img=src_img, load_step=tuple(sub.attrs.stride), subsample=sub)
 
 
 def single(node: Node) -> Group:
+    """A group of one node alone (subsampling on load where it is a strided 1x1 op)."""
     step = make_step(node)
     g = Group(
         node.name,
@@ -275,43 +280,35 @@ def flat_rows(g: Group) -> Group:
 
 
 def strided_load(g: Group) -> Group:
-    """Let the loader subsample when x is only read by a strided 1x1 op (a 1x1 conv with
-    stride, or the CEPD layer's 1x1 max-pool subsample): the tile buffer then holds only the
-    pixels used, and a subsampling pool step disappears."""
-    readers = [s for s in g.steps if s.src == g.x or s.scatter_b == g.x]
-    s = readers[0]
-    if len(readers) != 1 or s.kernel != (1, 1) or s.padding != (0, 0) or s.stride == (1, 1):
+    """Let the loader subsample when a one-step group is a strided 1x1 op (a 1x1 conv or
+    max-pool with stride): the tile buffer then holds only the pixels used. (A CEPD layer's
+    subsample is its block's, see :func:`fused`.)"""
+    (s,) = g.steps
+    if s.kernel != (1, 1) or s.padding != (0, 0) or s.stride == (1, 1):
         return g
     sy, sx = s.stride
     c, h, w = s.src_img
     sub = replace(s, src_img=(c, (h - 1) // sy + 1, (w - 1) // sx + 1), stride=(1, 1))
-    if s.op is StepOp.MAXP and len(g.steps) > 1:  # a pure subsample: the loader does it
-        steps = g.steps[1:]
-        return replace(
-            g, steps=steps, x=s.dst, buffered=[s.dst] + [t.dst for t in steps[:-1]], load_step=(sy, sx)
-        )
-    steps = [sub if t is s else t for t in g.steps]
-    return replace(g, steps=steps, load_step=(sy, sx))
+    return replace(g, steps=[sub], load_step=(sy, sx))
 
 
 def partition(plan: Plan) -> list[Group | Node]:
-    """The Plan as an ordered list of groups (PE array) and nodes (vector unit)."""
-    readers = _readers(plan)
+    """The Plan as an ordered list of groups (PE array) and nodes (vector unit): a CEPD layer
+    (:meth:`Plan.blocks`) that :func:`fused` accepts is one group where its first node was."""
+    readers = plan.readers()
+    first: dict[str, Group] = {}  # the first node of a fused layer -> its group
+    covered: set[str] = set()
+    for block in plan.blocks():
+        g = fused(block, readers)
+        if g is not None:
+            first[block.nodes[0].name] = g
+            covered.update(n.name for n in block.nodes)
     items: list[Group | Node] = []
-    seen: set[str] = set()
     for node in plan.nodes:
-        if node.name in seen:
-            continue
-        info = plan.layers.get(node.layer)
-        if info is not None and info.kind == "cepd":
-            nodes = [n for n in plan.nodes if n.layer == node.layer]
-            g = _fusable(nodes, readers) if len(nodes) > 1 else None
-            if g is not None:
-                items.append(g)
-                seen.update(n.name for n in nodes)
-                continue
-        seen.add(node.name)
-        items.append(single(node) if node.op in ARRAY_OPS else node)
+        if node.name in first:
+            items.append(first[node.name])
+        elif node.name not in covered:
+            items.append(single(node) if node.op in ARRAY_OPS else node)
     return items
 
 

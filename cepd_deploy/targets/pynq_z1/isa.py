@@ -25,6 +25,9 @@ from cepd_deploy.errors import CEPDError
 
 @dataclass(frozen=True)
 class Register:
+    """One AXI-Lite register: name, byte offset, width (bits), what it holds, and the top function
+    argument behind it."""
+
     name: str
     offset: int
     width_bits: int
@@ -54,6 +57,8 @@ AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
 
 
 class Kind(IntEnum):
+    """A program record's kind (word 0 of the record)."""
+
     END = 0
     BUNDLE = 1
     LOAD = 2
@@ -62,24 +67,32 @@ class Kind(IntEnum):
 
 
 class StepOp(IntEnum):
+    """What a STEP record computes."""
+
     MAC = 0  # conv / matmul / linear on the PE array
     MAXP = 1  # max pool on the lanes
     AVGP = 2  # average pool (count_include_pad) on the lanes
 
 
 class VecOp(IntEnum):
+    """What a VEC record computes (``map``: an optional channel map)."""
+
     COPY = 0  # out[c] = epilogue(a[map[c]])  (flatten, permute, relu, affine, concat part)
     ADD2 = 1  # out[c] = epilogue(a[c] + b[map[c]])  (add; scatter-add with map = index or -1)
     GAP = 2  # out[c] = epilogue(mean_p a[c, p])  (global average pool)
 
 
 class Buf(IntEnum):
+    """Where a STEP reads its source or writes its result."""
+
     IBUF = 0  # the input tile buffer half of the current tile
     SCRATCH = 1  # on-chip intermediates of a fused group
     DDR = 2  # the activation arena (through the output buffer)
 
 
 class Act(IntEnum):
+    """The epilogue's activation."""
+
     NONE = 0
     RELU = 1
     RELU6 = 2
@@ -232,6 +245,7 @@ def index(kind: Kind, name: str) -> int:
 
 
 def names(kind: Kind) -> tuple[str, ...]:
+    """Every field of a ``kind`` record in word order (STEP and VEC: the epilogue fields last)."""
     return FIELDS[kind] + (EPI_FIELDS if kind in (Kind.STEP, Kind.VEC) else ())
 
 

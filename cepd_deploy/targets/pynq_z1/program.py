@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import Node, Op, Plan
+from cepd_deploy.plan.ir import Node, Op, PermuteAttrs, Plan, ScatterAttrs
 from cepd_deploy.targets.pynq_z1.blob import (
     ARENA_RESERVED,
     HEADER_FIELDS,
@@ -32,6 +32,7 @@ from cepd_deploy.targets.pynq_z1.groups import (
     StepOp,
     make_step,
     partition,
+    single,
     transposed_linear,
 )
 from cepd_deploy.targets.pynq_z1.isa import Kind, VecOp, record
@@ -76,7 +77,8 @@ def _vec_records(ctx: Ctx, node: Node) -> list[dict]:
             c_in, hw_in = _hw(node.in_shapes[0])
             r.update(channels=c_in, hw=hw_in, a_cstride=hw_in, out_cstride=hw_in)
         if op is Op.PERMUTE:
-            axes, perm = node.attrs["axes"], node.attrs["perm"]
+            assert isinstance(node.attrs, PermuteAttrs)
+            axes, perm = node.attrs.axes, node.attrs.perm
             src = np.arange(math.prod(axes)).reshape(axes).transpose(perm).reshape(-1)
             r["a_map"] = ctx.wm.table(f"{node.name}#perm", src)
         return [r]
@@ -93,7 +95,9 @@ def _vec_records(ctx: Ctx, node: Node) -> list[dict]:
             r["a_shift"], r["b_shift"] = ctx.q.nodes[node.name].in_shifts
         if op is Op.SCATTER_ADD:
             cmap = np.full(c, -1)
-            cmap[list(node.attrs["index"])] = np.arange(len(node.attrs["index"]))
+            assert isinstance(node.attrs, ScatterAttrs)
+            index = list(node.attrs.index)
+            cmap[index] = np.arange(len(index))
             r["b_map"] = ctx.wm.table(f"{node.name}#map", cmap)
         return [r]
     if op is Op.GLOBAL_AVGPOOL:
@@ -139,8 +143,6 @@ HANDLERS: dict[Op, Callable] = {op: make_step for op in ARRAY_OPS} | {
         Op.CONCAT,
     )
 }
-#: Plan ops this target cannot run
-UNSUPPORTED: frozenset[Op] = frozenset()
 
 
 # -- the whole program -----------------------------------------------------------------------
@@ -199,9 +201,7 @@ def compile_program(
 
 def _split(g: Group) -> list[Group | Node]:
     """A fused group that does not fit, as its nodes run one by one through DDR."""
-    from cepd_deploy.targets.pynq_z1.groups import single
-
-    out: list[Group | Node] = []
+    out: list[Group | Node] = [single(g.subsample)] if g.subsample is not None else []
     for s in g.steps:
         out.append(single(s.node))
         if s.scatter is not None:

@@ -1,6 +1,6 @@
-"""Build a PYNQ-Z1 project from a model: lower, calibrate, compile, render, optionally C-simulate.
+"""Build a PYNQ-Z1 project from a Plan: calibrate, compile, render, optionally C-simulate.
 
->>> result = build("resnet20", "build/", csim=True)     # doctest: +SKIP
+>>> result = build(plan, "build/", label="resnet20", csim=True)     # doctest: +SKIP
 >>> result["csim"]["bit_exact"]                        # doctest: +SKIP
 True
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -16,18 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from cepd_deploy import ownership
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Plan
 from cepd_deploy.targets.pynq_z1 import fxp
+from cepd_deploy.targets.pynq_z1.checks import check_generated
 from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board, make_config
 from cepd_deploy.targets.pynq_z1.fixed import dequantize, quantize
 from cepd_deploy.targets.pynq_z1.model import check_fit, resources, summarise
 from cepd_deploy.targets.pynq_z1.program import MAGIC, compile_program
 from cepd_deploy.targets.pynq_z1.render import project_context, render_project, render_readme
 
-MARKER = ".cepd-pynq-z1"  # marks a folder this builder made (and may replace)
+#: The file list of a folder this builder made (JSON: every generated file and its SHA-256); a
+#: rebuild replaces only those files (see cepd_deploy.ownership) and keeps everything else.
+MARKER = ".cepd-pynq-z1"
+GENERATOR = "cepd-deploy build --target pynq-z1"
 
 
 def tolerance(bits: int) -> float:
@@ -41,29 +46,106 @@ def _float_outputs(plan, images: np.ndarray) -> np.ndarray:
     return np.concatenate([run(plan, torch.from_numpy(x[None])).numpy() for x in images])
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise CEPDError(f"output folder {out} exists and was not made by cepd-deploy build; choose another")
+def _tmp_prefix(out: Path) -> str:
+    """The name of a build's temporary folder beside ``out``, less mkdtemp's 8 random characters."""
+    return f".{out.name}.cepd-tmp-"
+
+
+def _tmp_pattern(out: Path) -> str:
+    """Names of this builder's temporary folders beside ``out`` (and the previous builder's)."""
+    return rf"{re.escape(_tmp_prefix(out))}[a-z0-9_]{{8}}|\.{re.escape(out.name)}\.old-\d{{10,}}"
+
+
+def _owned(out: Path) -> dict[str, str | None]:
+    """The files an earlier build generated in ``out`` (path -> SHA-256; None: written by a build
+    that was interrupted), or a CEPDError when ``out`` was not made by this builder or the user
+    changed some of them."""
+    marker = out / MARKER
+    if not marker.is_file():
+        if out.is_dir() and not any(out.iterdir()):
+            return {}
+        raise CEPDError(f"output folder {out} exists and was not made by cepd-deploy build --target pynq-z1; "
+                        "choose another (or an empty) folder")  # fmt: skip
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        files = data["files"]
+        ok = isinstance(files, dict) and all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in files.items()
+        )
+    except (ValueError, KeyError, TypeError, OSError):
+        ok = False
+    safe = ok and all(not Path(k).is_absolute() and ".." not in Path(k).parts and k != MARKER for k in files)
+    if not safe:
+        raise CEPDError(f"{out} was made by an older cepd-deploy (or its {MARKER} is damaged): its files "
+                        "cannot be told from yours; move them away or choose another folder")  # fmt: skip
+    edited = ownership.changed(out, files)
+    if edited:
+        were = "was" if len(edited) == 1 else "were"
+        raise CEPDError(f"{out}: {ownership.names(edited)} {were} changed since cepd-deploy generated it; "
+                        "move your version away (or choose another folder) to rebuild")  # fmt: skip
+    return files
+
+
+def _prepare_out(out: Path) -> dict[str, str | None]:
+    """Check ``out`` before the work; returns the files a rebuild may replace."""
+    if out.exists() and not out.is_dir():
+        raise CEPDError(f"output path exists and is not a folder: {out}")
     if not out.parent.is_dir():
         raise CEPDError(f"output folder's parent does not exist: {out.parent}")
+    ownership.sweep_stale(out.parent, _tmp_pattern(out))  # left by killed builds
+    return _owned(out) if out.is_dir() else {}
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished project into place (the old one is removed only after success)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _write_marker(folder: Path, files: dict[str, str | None], complete: bool) -> None:
+    data = {"generator": GENERATOR, "complete": complete, "files": dict(sorted(files.items()))}
+    tmp = folder / f"{MARKER}.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / MARKER)
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished project from ``tmp`` into ``out``: a new folder by one rename; into an
+    earlier build's folder, file by file, replacing the files it generated and keeping the rest.
+    While files move, the marker lists old and new files, so an interrupted install is still
+    recognised (and completed) by the next build."""
+    new = {rel: ownership.digest(tmp / rel) for rel in ownership.listing(tmp, skip=[MARKER])}
+    if not out.exists():
+        _write_marker(tmp, new, complete=True)
+        tmp.rename(out)
+        return
+    old = _owned(out)  # again, right before touching anything
+    foreign = [rel for rel in new if rel not in old and (out / rel).exists() or _blocked(out, rel, old)]
+    if foreign:
+        raise CEPDError(f"{out}: {ownership.names(foreign)} would be overwritten but were not generated by "
+                        "cepd-deploy; move them away or choose another folder")  # fmt: skip
+    _write_marker(out, {**old, **dict.fromkeys(new)}, complete=False)
+    for rel in old.keys() - new.keys():
+        (out / rel).unlink(missing_ok=True)
+    for rel in new:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, out / rel)
+    for d in sorted({(out / rel).parent for rel in old}, key=lambda p: -len(p.parts)):
+        if d != out and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()  # a folder only generated files were in
+    _write_marker(out, new, complete=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _blocked(out: Path, rel: str, old: dict) -> bool:
+    """Whether a parent of ``rel`` in ``out`` is a file the build did not generate."""
+    parts = Path(rel).parts
+    for k in range(1, len(parts)):
+        p = out.joinpath(*parts[:k])
+        if p.exists() and not p.is_dir():
+            return Path(*parts[:k]).as_posix() not in old
+    return False
 
 
 def build(
-    model: str | nn.Module | Plan,
+    plan: Plan,
     out: str | Path,
     *,
-    input_shape: tuple[int, int, int] | None = None,
+    label: str,
     config: EngineConfig | dict | None = None,
     bits: int | None = None,
     clock_mhz: float | None = None,
@@ -71,33 +153,23 @@ def build(
     calib: int = 8,
     golden: int = 4,
     seed: int = 0,
-    label: str | None = None,
 ) -> dict:
-    """Generate the project in ``out`` and return the figures ``--json`` prints. ``model``: a
-    model file or zoo name, an nn.Module (with ``input_shape``), or a Plan lowered with batch 1."""
-    from cepd_deploy.model.format import resolve
-    from cepd_deploy.plan.lower import lower
-
+    """Generate the project of ``plan`` (lowered with batch 1) in ``out`` and return the figures
+    ``--json`` prints; ``label`` names the model in the generated files. The calibration samples
+    and golden images are standard-normal images from ``seed``."""
+    if not isinstance(plan, Plan):  # a model or a path: cepd_deploy.frontend.load.load_plan lowers it
+        raise TypeError(f"build takes a Plan, not a {type(plan).__name__}")
+    if not isinstance(label, str):
+        raise CEPDError(f"label must be text, got {label!r}")
     out = Path(out)
-    _prepare_out(out)
-    net = plan = None
-    if isinstance(model, Plan):
-        plan, shape, name = model, tuple(model.input_shape), "plan"
-    elif isinstance(model, nn.Module):
-        if input_shape is None:
-            raise CEPDError("an nn.Module needs input_shape=(C, H, W)")
-        net, shape, name = model.eval(), (1, *input_shape), type(model).__name__
-    else:
-        net, shape, name = resolve(model, input_shape)
-        shape = (1, *tuple(shape)[-3:])
-    label = label or name
+    _prepare_out(out)  # a rebuild's folder is checked again when the files move in
+    shape = tuple(plan.input_shape)
     cfg = make_config(config, bits=bits, clock_mhz=clock_mhz)
     board = load_board()
     res = resources(cfg)
     check_fit(res, board)
     if calib < 1 or golden < 1:
         raise CEPDError("need at least one calibration sample and one golden image")
-    plan = plan if plan is not None else lower(net, shape)
     rng = np.random.default_rng(seed)
     samples = rng.standard_normal((calib, *shape[1:])).astype(np.float32)
     images = rng.standard_normal((golden, *shape[1:])).astype(np.float32)
@@ -109,7 +181,10 @@ def build(
     ref = _float_outputs(plan, images).reshape(golden, -1)
     ops = tuple(n.name for n in plan.nodes)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=out.parent))
+    except OSError as exc:
+        raise ownership.io_error(exc, f"the project beside {out}") from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the project is an ordinary folder
@@ -144,8 +219,11 @@ def build(
             "layers": report["layers"],
         }
         (tmp / "report.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-        (tmp / MARKER).write_text("generated by cepd-deploy build --target pynq-z1\n")
-        _replace(tmp, out)
+        check_generated(tmp)  # every generated Python and Tcl file parses
+        _install(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ownership.io_error(exc, f"the project {out}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,7 +14,15 @@ import jinja2
 from cepd_deploy import __version__, hw
 from cepd_deploy.targets.pynq_z1 import isa
 from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board
-from cepd_deploy.targets.pynq_z1.escape import c_string, identifier, md_text, py_string, tcl_string
+from cepd_deploy.targets.pynq_z1.escape import (
+    c_string,
+    identifier,
+    md_code,
+    md_text,
+    py_doc,
+    py_string,
+    tcl_string,
+)
 from cepd_deploy.targets.pynq_z1.fixed import POOL_SHIFT
 from cepd_deploy.targets.pynq_z1.program import (
     ARENA_RESERVED,
@@ -38,7 +46,13 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
-        c_string=c_string, tcl_string=tcl_string, py_string=py_string, md=md_text, ident=identifier
+        c_string=c_string,
+        tcl_string=tcl_string,
+        py_string=py_string,
+        py_doc=py_doc,
+        md=md_text,
+        md_code=md_code,
+        ident=identifier,
     )
     return env
 
@@ -94,6 +108,9 @@ def render_engine(cfg: EngineConfig, out: Path, label: str = "engine", ops: tupl
 def project_context(
     cfg: EngineConfig, label: str, *, n_golden: int, report: dict, layers: list[dict], csim: dict | None
 ) -> dict:
+    """The template context of the project files: the engine's, plus the label, the board, the
+    clock period (ns), the latency report, the per-layer rows, the C-simulation result and the
+    register constants the driver needs."""
     board = load_board()
     return engine_context(cfg) | {
         "label": label,
@@ -128,4 +145,5 @@ def render_project(out: Path, cfg: EngineConfig, ctx: dict, ops: tuple[str, ...]
 
 
 def render_readme(out: Path, ctx: dict) -> None:
+    """Write the project's README.md from ``ctx``."""
     _write(out / "README.md", _env().get_template("README.md.j2").render(ctx))

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cepd_deploy.plan.ir import Node, Op, Plan
-from cepd_deploy.targets.pynq_z1 import model as cost
+from cepd_deploy.plan.ir import Node, Op, Plan, ReluAttrs, ScatterAttrs
+from cepd_deploy.targets.pynq_z1 import cycles as cost
 from cepd_deploy.targets.pynq_z1.blob import Wmem, align
 from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board
 from cepd_deploy.targets.pynq_z1.fixed import QPlan
@@ -19,6 +19,9 @@ from cepd_deploy.targets.pynq_z1.isa import Buf, Kind, StepOp, record
 
 @dataclass
 class Layout:
+    """Where a tiling puts a group's on-chip values (words): base, row pitch and channel stride of
+    each buffered value, and each step's mode (flat or a lane block of (rows, cols))."""
+
     base: dict[str, int]
     pitch: dict[str, int]
     cstride: dict[str, int]
@@ -28,6 +31,7 @@ class Layout:
 
 
 def tiles_of(ho: int, wo: int, th: int, tw: int) -> list[Region]:
+    """The ``th`` x ``tw`` tiles covering an ``ho`` x ``wo`` output, row by row (cut at the edges)."""
     return [
         Region(y, x, min(th, ho - y), min(tw, wo - x)) for y in range(0, ho, th) for x in range(0, wo, tw)
     ]
@@ -86,6 +90,10 @@ def layout(g: Group, regs: list[dict[str, Region]], cfg: EngineConfig, whole: bo
 
 @dataclass
 class Ctx:
+    """What emitting a program's records needs: the Plan, its quantisation (None: sizes only), the
+    engine, the blob's sections, the arena word address of every value in DDR and each node's
+    position in the Plan."""
+
     plan: Plan
     q: QPlan | None
     cfg: EngineConfig
@@ -116,7 +124,8 @@ def epi_fields(ctx: Ctx, node: Node, channel_offset: int = 0) -> dict[str, int]:
             e_out_shift=eq.out_shift,
         )
     elif node.op is Op.RELU:
-        f["e_act"] = 2 if node.attrs.get("max") == 6.0 else 1
+        assert isinstance(node.attrs, ReluAttrs)
+        f["e_act"] = 2 if node.attrs.max == 6.0 else 1
     return f
 
 
@@ -258,7 +267,9 @@ def _step_record(
     if s.scatter is not None:
         b = s.scatter_b
         cmap = np.full(o_img[0], -1)
-        cmap[list(s.scatter.attrs["index"])] = np.arange(len(s.scatter.attrs["index"]))
+        assert isinstance(s.scatter.attrs, ScatterAttrs)
+        index = list(s.scatter.attrs.index)
+        cmap[index] = np.arange(len(index))
         r.update(
             sc_map=ctx.wm.table(f"{s.scatter.name}#map", cmap),
             sc_base=lay.base[b],

@@ -1,39 +1,52 @@
 """The TVM target: Plan -> Relax (``call_tir`` of our own TensorIR kernels) -> a shared library.
 
->>> from cepd_deploy.targets import tvm as tvm_target
->>> tvm_target.build(cepd_deploy.convert(build_model("resnet20"), flops_remaining=0.5), "out/",
-...                  verify=True)                                             # doctest: +SKIP
->>> model = tvm_target.load("out/")                                           # doctest: +SKIP
+>>> from cepd_deploy.targets.tvm import TVM, load
+>>> plan = load_plan(cepd_deploy.convert(build_model("resnet20"), flops_remaining=0.5)).plan  # doctest: +SKIP
+>>> TVM().build(plan, "out/", TVM.Options(verify=True))                   # doctest: +SKIP
+>>> model = load("out/")                                                  # doctest: +SKIP
 >>> y = model(x)                                # numpy (1, 3, 32, 32) -> numpy (1, 10)  # doctest: +SKIP
 
 Each Plan op becomes a kernel written in TE with a hand-written x86 schedule (register-blocked
 GEMM / implicit-GEMM convs, AVX-512 or AVX2 vectors, parallel outer tiles, fused epilogues and
 the sparse branch's scatter folded into the TT chain's last step); ``tune_trials`` adds
-MetaSchedule, cached per target and workload. ``target="cuda"`` schedules the same computes
-with TVM's dlight GPU rules.
+MetaSchedule, cached per target and workload. ``TVMCuda`` (``target="cuda"``) schedules the same
+computes with TVM's dlight GPU rules.
+
+:func:`build` compiles the Plan as given; the Targets' verbs (``TVM().build``, ``.runner``) first
+apply the target's passes (``merge_pointwise``). Importing this package imports neither TVM nor
+numpy and sets no environment variable: building and loading set TVM's thread-pool variables
+(:data:`~cepd_deploy.targets.tvm.host.RUNTIME_ENV`) where the user has not.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from cepd_deploy.targets import TargetInfo
-from cepd_deploy.targets.tvm.host import default_threads
+# light modules (TVM and numpy are imported inside their functions); imported here, not on first
+# use, because ``build`` is also the name of a submodule
+from cepd_deploy.targets.tvm.build import build, compile_plan, summary
+from cepd_deploy.targets.tvm.runtime import TVMModel, load
+from cepd_deploy.targets.tvm.target import TVM, TVMCuda
 
-# TVM sizes its CPU thread pool once, at first use, from $TVM_NUM_THREADS (else half the
-# logical CPUs): make it the cores we may use, so ``load(threads=...)`` can choose up to that.
-# It also pins each worker to a core (on a shared machine a worker pinned to a busy core stalls
-# every parallel loop: TVM splits loops statically), and idle workers spin 300000 yields (long
-# after a run, taking the cores from whatever runs next, e.g. onnxruntime in a benchmark):
-# let the OS place them, and spin ~10000 yields (enough between the loops of one run).
-os.environ.setdefault("TVM_NUM_THREADS", str(default_threads()))
-os.environ.setdefault("TVM_BIND_THREADS", "0")
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
+if TYPE_CHECKING:
+    from cepd_deploy.targets.tvm.lowering import HANDLERS
 
-from cepd_deploy.targets.tvm.build import build, cli, compile_plan  # noqa: E402
-from cepd_deploy.targets.tvm.lowering import HANDLERS, UNSUPPORTED  # noqa: E402
-from cepd_deploy.targets.tvm.runtime import TVMModel, load  # noqa: E402
+#: public name -> the (heavy) module that defines it, imported on first use
+_LAZY = {"HANDLERS": "lowering"}
 
-TARGET = TargetInfo("tvm", "runtime", HANDLERS, UNSUPPORTED)
 
-__all__ = ["HANDLERS", "TARGET", "TVMModel", "UNSUPPORTED", "build", "cli", "compile_plan", "load"]
+def __getattr__(name: str) -> Any:
+    """Import a heavy public name on first use (PEP 562); other names are submodules or errors."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["HANDLERS", "TVM", "TVMCuda", "TVMModel", "build", "compile_plan", "load", "summary"]

@@ -1,7 +1,9 @@
 """Compile a Plan with TVM (Relax VM + our kernels) and write a deployable folder.
 
 ``out/model.so`` (``export_library``: the kernels, the VM bytecode and the weights) and
-``out/manifest.json`` (what was built, for which target, how it verified).
+``out/manifest.json`` (what was built, for which target, how it verified). The Plan is compiled
+as given: :class:`~cepd_deploy.targets.tvm.target.TVM`'s verbs apply the target's passes first.
+Light at import (TVM and numpy are imported by the functions).
 """
 
 from __future__ import annotations
@@ -11,18 +13,23 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from cepd_deploy import ownership
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Plan
 from cepd_deploy.targets.tvm import host
 from cepd_deploy.targets.tvm.runtime import FORMAT, LIBRARY, MANIFEST, VERSION
 
+if TYPE_CHECKING:
+    import numpy as np
+
 Log = Callable[[str], None]
+TMP_PREFIX = ".tvm-build-"  # a build's temporary folder inside the output folder
+TMP_PATTERN = r"\.tvm-build-[a-z0-9_]{8}"
 
 
 def relax_pipeline():
@@ -73,6 +80,7 @@ def compile_plan(
 
     from cepd_deploy.targets.tvm.lowering import lower_plan
 
+    host.configure_runtime()  # before tuning runs the first kernel
     t0 = time.perf_counter()
     desc = host.describe(target, threads=threads)
     tgt = tvm.target.Target(desc)
@@ -98,55 +106,43 @@ def compile_plan(
     return Compiled(ex, desc, len(lw.kernels), tuned, time.perf_counter() - t0)
 
 
-def as_plan(plan_or_model, input_shape: Sequence[int] | None = None) -> tuple[Plan, str]:
-    """A Plan, or a torch model lowered for ``input_shape`` (N, C, H, W) or (C, H, W)."""
-    if isinstance(plan_or_model, Plan):
-        return plan_or_model, "plan"
-    from cepd_deploy.plan.lower import lower
-
-    model = plan_or_model
-    arch = (getattr(model, "cepd_arch", None) or {}).get("name")
-    shape = input_shape or getattr(model, "cepd_input_shape", None)
-    if shape is None and arch:
-        from cepd_deploy.model.zoo import input_shape as zoo_shape
-
-        shape = zoo_shape(arch)
-    if shape is None:
-        raise CEPDError("give input_shape: the model records none")
-    shape = tuple(int(s) for s in shape)
-    shape = shape if len(shape) == 4 else (1, *shape)
-    return lower(model.eval(), shape), arch or type(model).__name__
-
-
 def build(
-    plan_or_model,
+    plan: Plan,
     out_dir: str | os.PathLike,
     *,
     target: str = "llvm",
     verify: bool = False,
     tune_trials: int = 0,
-    input_shape: Sequence[int] | None = None,
     threads: int | None = None,
     label: str | None = None,
     log: Log | None = None,
 ) -> dict:
-    """Compile a Plan (or a torch model) into ``out_dir``; returns the manifest.
+    """Compile ``plan`` (as given: no passes) into ``out_dir``; returns the manifest. ``verify``
+    runs the built library on a random input against the Plan's reference interpreter.
 
-    >>> model = cepd_deploy.convert(build_model("resnet20"), flops_remaining=0.5)  # doctest: +SKIP
-    >>> build(model, "out/", verify=True)["verify"]                            # doctest: +SKIP
+    >>> plan = load_plan("resnet20").plan                              # doctest: +SKIP
+    >>> build(plan, "out/", verify=True)["verify"]                     # doctest: +SKIP
+    {'max_rel_err': {'plan': 3.1e-07}, 'tol': 0.0001}
     """
+    if not isinstance(plan, Plan):
+        raise CEPDError(f"the TVM build takes a Plan, not a {type(plan).__name__} "
+                        "(cepd_deploy.frontend.load.load_plan lowers a model)")  # fmt: skip
     if target not in host.KINDS:
         raise CEPDError(f"unknown TVM target {target!r}; valid: {', '.join(host.KINDS)}")
     if tune_trials < 0:
         raise CEPDError(f"--tune-trials must be >= 0, got {tune_trials}")
     if tune_trials and target != "llvm":
         raise CEPDError("tuning is implemented for the llvm (CPU) target only")
-    plan, default_label = as_plan(plan_or_model, input_shape)
+    if threads is not None:
+        from cepd_deploy.threads import clamp
+
+        threads = clamp(threads, "--threads")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CEPDError(f"output path exists and is not a folder: {out}")
     if not out.parent.exists():
         raise CEPDError(f"output folder's parent does not exist: {out.parent}")
+    check_owned(out)  # before the work; again right before the files move
     compiled = compile_plan(plan, target, threads=threads, tune_trials=tune_trials, log=log)
     from cepd_deploy.plan.cost import totals
 
@@ -154,7 +150,7 @@ def build(
     manifest = {
         "format": FORMAT,
         "version": VERSION,
-        "label": label or default_label,
+        "label": label or "plan",
         "library": LIBRARY,
         "target": compiled.target,
         "input": plan.input,
@@ -169,27 +165,64 @@ def build(
         "compile_s": round(compiled.compile_s, 2),
         "tvm": _tvm_version(),
     }
-    out.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tvm-build-", dir=out))
+    try:
+        out.mkdir(exist_ok=True)
+        ownership.sweep_stale(out, TMP_PATTERN)  # left by killed builds
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+    except OSError as exc:
+        raise ownership.io_error(exc, f"the build into {out}") from None
     try:
         _export(compiled.executable, tmp / LIBRARY, target)
+        manifest["files"] = {LIBRARY: ownership.digest(tmp / LIBRARY)}  # checked before every load
         if verify:
-            model = None if isinstance(plan_or_model, Plan) else plan_or_model
-            manifest["verify"] = verify_build(tmp, plan, manifest, torch_model=model)
+            manifest["verify"] = verify_build(tmp, plan, manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        check_owned(out)
         stale = out / MANIFEST  # an old manifest must not describe the new library
         if stale.exists():
             stale.unlink()
         os.replace(tmp / LIBRARY, out / LIBRARY)
         os.replace(tmp / MANIFEST, out / MANIFEST)  # last: its presence marks a complete build
+    except OSError as exc:
+        raise ownership.io_error(exc, f"the build into {out}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
-def verify_build(folder: Path, plan: Plan, manifest: dict, *, torch_model=None, seed: int = 0) -> dict:
-    """Run the built library on a random input against the Plan reference (and the torch
-    model, when given); raises CEPDError beyond 1e-4 x max|y|."""
+def check_owned(out: Path) -> None:
+    """CEPDError unless every file a build writes into ``out`` (``model.so``, ``manifest.json``)
+    is absent or was written by an earlier build: a manifest of this format and the library it
+    describes (by digest; a manifest from before digests were recorded is trusted). Other files
+    in ``out`` are never touched."""
+    man, lib = out / MANIFEST, out / LIBRARY
+    ours: dict | None = None
+    if man.exists():
+        try:
+            data = json.loads(man.read_text(encoding="utf-8"))
+            ours = data if isinstance(data, dict) and data.get("format") == FORMAT else None
+        except (ValueError, OSError):
+            ours = None
+    foreign = [] if ours is not None or not man.exists() else [MANIFEST]
+    if lib.exists() or lib.is_symlink():
+        files = ours.get("files") if ours is not None else None
+        want = files.get(LIBRARY) if isinstance(files, dict) else None
+        legacy = ours is not None and "files" not in ours
+        intact = lib.is_file() and not lib.is_symlink() and (legacy or want == ownership.digest(lib))
+        if ours is None or not intact:
+            foreign.append(LIBRARY)
+    if foreign:
+        raise CEPDError(f"{out}: {ownership.names(foreign)} would be overwritten but "
+                        f"{'was' if len(foreign) == 1 else 'were'} not written by cepd-deploy build "
+                        f"(or changed since); move {'it' if len(foreign) == 1 else 'them'} away or choose "
+                        "another folder")  # fmt: skip
+
+
+def verify_build(folder: Path, plan: Plan, manifest: dict, *, seed: int = 0) -> dict:
+    """Run the built library on a random input against the Plan's reference interpreter; raises
+    CEPDError beyond 1e-4 x max|y|. (Comparing with the source model is the caller's: the target
+    sees only the Plan.)"""
+    import numpy as np
     import tvm
 
     from cepd_deploy.targets.tvm.runtime import load
@@ -200,7 +233,7 @@ def verify_build(folder: Path, plan: Plan, manifest: dict, *, torch_model=None, 
     (folder / MANIFEST).write_text(json.dumps(manifest))
     model = load(folder)
     x = np.random.default_rng(seed).standard_normal(plan.input_shape).astype(np.float32)
-    return check_outputs(model(x), plan, x, torch_model=torch_model)
+    return check_outputs(model(x), plan, x)
 
 
 def _export(executable, path: Path, target: str) -> None:
@@ -216,16 +249,14 @@ def _export(executable, path: Path, target: str) -> None:
         ) from None
 
 
-def check_outputs(y: np.ndarray, plan: Plan, x: np.ndarray, *, torch_model=None, tol: float = 1e-4) -> dict:
-    """Relative max errors of ``y`` vs the Plan reference (and torch); CEPDError beyond ``tol``."""
-    import torch
+def check_outputs(y: np.ndarray, plan: Plan, x: np.ndarray, *, tol: float = 1e-4) -> dict:
+    """Relative max errors of ``y`` vs the Plan reference (``{"max_rel_err": {"plan": e}, "tol":
+    tol}``); CEPDError beyond ``tol``."""
+    import numpy as np
 
     from cepd_deploy.plan.reference import run
 
     refs = {"plan": run(plan, x).numpy()}
-    if torch_model is not None:
-        with torch.no_grad():
-            refs["torch"] = torch_model.eval()(torch.from_numpy(x)).numpy()
     errs = {}
     for name, ref in refs.items():
         errs[name] = float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
@@ -259,25 +290,3 @@ def summary(manifest: dict) -> str:
     elif v:
         lines.append(f"  verify: {v['skipped']}")
     return "\n".join(lines)
-
-
-def cli(args) -> tuple[dict, str, int]:
-    """``cepd-deploy build --target llvm|cuda``: (the manifest, the text summary, exit code)."""
-    import sys
-
-    from cepd_deploy.model.format import resolve
-
-    kind = "llvm" if args.target == "tvm" else args.target
-    model, shape, label = resolve(args.model, getattr(args, "input_shape", None))
-    manifest = build(
-        model,
-        args.output,
-        target=kind,
-        verify=getattr(args, "verify", False),
-        tune_trials=getattr(args, "tune_trials", 0) or 0,
-        input_shape=shape,
-        threads=getattr(args, "threads", None),
-        label=label,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
-    return manifest, summary(manifest), 0

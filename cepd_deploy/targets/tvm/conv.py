@@ -35,6 +35,8 @@ from cepd_deploy.targets.tvm.kernel import (
 
 @dataclass(frozen=True)
 class ConvShape:
+    """A 2-D conv on NCHW: batch, channels, input size, kernel, stride, padding, dilation, groups."""
+
     batch: int
     cin: int
     h: int
@@ -74,6 +76,8 @@ class ConvShape:
 
 @dataclass(frozen=True)
 class ConvTiling:
+    """A conv's schedule: ``flat``, ``direct`` or ``plain`` and its register tile (rows x lanes)."""
+
     kind: str  # "flat", "direct" or "plain"
     rows: int = 1  # flat: output channels per tile; direct: output pixels per tile
     lanes: int = 1  # flat: positions per tile; direct: output channels per tile
@@ -274,4 +278,3 @@ def _plain(s: ConvShape, t: ConvTiling, w: np.ndarray, epi: Epi):
 
     kern = Kernel("", [x, *ep.runtime], [wt, *ep.consts], y, schedule)
     return kern, np.ascontiguousarray(w, np.float32)
-

@@ -33,6 +33,9 @@ def max_acc(nv: int, simd: int = 16) -> int:
 
 @dataclass(frozen=True)
 class Tiling:
+    """A GEMM's register tile: what is vectorised (``p`` pixels or ``o`` output channels), rows
+    broadcast per k step and vector lanes."""
+
     vec: str  # "p": vector over pixels/positions, "o": vector over output channels
     rows: int  # broadcast count per k: output channels ("p") or pixels ("o")
     lanes: int  # vector length of the tile (a multiple of the SIMD width)

@@ -68,6 +68,22 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+#: TVM's CPU thread pool settings, read once when TVM first runs a parallel loop (the user's own
+#: values win): as many workers as the cores we may use (``load(threads=...)`` can choose up to
+#: that), not pinned to cores (on a shared machine a worker pinned to a busy core stalls every
+#: parallel loop: TVM splits loops statically), and ~10000 idle spins, not 300000 (long after a
+#: run, taking the cores from whatever runs next, e.g. onnxruntime in a benchmark).
+RUNTIME_ENV = ("TVM_NUM_THREADS", "TVM_BIND_THREADS", "TVM_THREAD_POOL_SPIN_COUNT")
+
+
+def configure_runtime() -> None:
+    """Set :data:`RUNTIME_ENV` where the user has not. Called by whatever starts TVM's runtime
+    (compiling, tuning, loading) before its thread pool exists; importing this package sets nothing."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(default_threads()))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
+
+
 def describe(kind: str = "llvm", *, threads: int | None = None, arch: str | None = None) -> dict:
     """The JSON-dict form of a TVM target (TVM 0.27 rejects target strings).
 

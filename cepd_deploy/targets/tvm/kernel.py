@@ -19,6 +19,7 @@ ScheduleFn = Callable[[Schedule], None]
 
 
 def cdiv(a: int, b: int) -> int:
+    """``a / b`` rounded up (positive ``b``)."""
     return -(-a // b)
 
 
@@ -103,6 +104,7 @@ class EpiTensors:
 
 
 def activation(v, act: str | None):
+    """The TE expression ``v`` after ``act`` ("relu", "relu6" or None)."""
     if act == "relu":
         return te.max(v, tirx.const(0.0, "float32"))
     if act == "relu6":
@@ -214,4 +216,5 @@ def schedule_rows(sch: Schedule, padded: bool, vectorize_out: bool = True) -> No
 
 
 def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most``."""
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)

@@ -1,12 +1,15 @@
 """Plan -> Relax IRModule: every Plan op becomes a ``call_tir`` of one of our kernels.
 
 Handlers (``HANDLERS``, op -> method) build a :class:`~cepd_deploy.targets.tvm.kernel.Call`
-per node; identical kernels are emitted once. Two rewrites happen on the way:
+per node; identical kernels are emitted once. The Plan is lowered as given (the target's passes,
+``merge_pointwise``, ran before). Each CEPD layer (:meth:`Plan.blocks`) is fused on the way:
 
 * the S branch's conv gets one extra, all-zero output row, so a scatter-add becomes a gather
   ``y[o] += s[inv[o]]`` with ``inv[o]`` = that zero row for channels the branch does not touch;
-* a SCATTER_ADD whose first input comes from a MATMUL/CONV used by nothing else is folded into
-  that kernel's epilogue (the TT chain's last step writes ``W x + s[inv] + bias``, residual, act).
+* the scatter-add is folded into the epilogue of the TT chain's last step when that step is a
+  MATMUL/CONV read by nothing else (it writes ``W x + s[inv] + bias``, residual, act);
+* a two-step 1x1 chain with a 1x1 S branch computes the branch with its first step: one GEMM
+  ``[W_first; W_s; 0]`` on the shared input.
 
 ``arch="x86"`` picks the register tilings and attaches our schedules; ``arch="gpu"`` emits the
 plain computes for the GPU schedules (:mod:`cepd_deploy.targets.tvm.gpu`).
@@ -23,15 +26,25 @@ import tvm
 from tvm import relax
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import Node, Op, Plan
-from cepd_deploy.plan.rewrite import is_pointwise, merge_pointwise, readers
+from cepd_deploy.plan.ir import (
+    CEPDBlock,
+    ConvAttrs,
+    MatmulAttrs,
+    Node,
+    Op,
+    PermuteAttrs,
+    Plan,
+    PoolAttrs,
+    ReluAttrs,
+    Role,
+    ScatterAttrs,
+)
+from cepd_deploy.plan.passes import is_pointwise
 from cepd_deploy.targets.tvm import conv as convk
 from cepd_deploy.targets.tvm import gemm as gemmk
 from cepd_deploy.targets.tvm import simple
 from cepd_deploy.targets.tvm.kernel import Call, Epi, EpiValues, Kernel
 
-#: Plan ops no handler covers (none: every op is lowered)
-UNSUPPORTED: frozenset[Op] = frozenset()
 _GEMM_PLAIN = gemmk.Tiling("p", 1, 1)
 _CONV_PLAIN = convk.ConvTiling("plain")
 
@@ -44,7 +57,7 @@ class Lowering:
     def __init__(
         self, plan: Plan, *, arch: str = "x86", simd: int = 16, prim_func: PrimFuncFor | None = None
     ):
-        self.plan = plan = merge_pointwise(plan)
+        self.plan = plan
         self.arch, self.simd = arch, simd
         self.prim_func = prim_func or (Kernel.scheduled if arch == "x86" else Kernel.workload)
         self.bb = relax.BlockBuilder()
@@ -52,29 +65,48 @@ class Lowering:
         self.row_offset: dict[str, int] = {}  # value -> its first row inside a shared buffer
         self.kernels: dict[str, tuple[relax.GlobalVar, Kernel]] = {}
         self.uses: Counter[str] = Counter()  # kernel key -> call count
-        self.producer = {n.output: n for n in plan.nodes}
-        uses = readers(plan)
-
-        def private(name: str | None, ops=(Op.CONV, Op.MATMUL), test=_unfolded) -> Node | None:
-            """The producer of ``name`` if it is a contraction read only once, without epilogue."""
-            n = self.producer.get(name)
-            ok = n is not None and n.op in ops and n.epilogue.empty and uses[name] == 1 and test(n)
-            return n if ok else None
-
+        self.producer = plan.producer()
+        self.uses_of = plan.readers()  # value -> how many inputs read it
         self.extended: dict[str, int] = {}  # S-branch node -> its rows (kappa), emitted with a zero row
-        self.folded: dict[str, Node] = {}  # producer node -> the SCATTER_ADD folded into it
+        self.folded: dict[str, Node] = {}  # the chain's last step -> the SCATTER_ADD folded into it
         self.joined: dict[str, Node] = {}  # first 1x1 step -> the 1x1 S branch computed with it
-        for sc in (n for n in plan.nodes if n.op is Op.SCATTER_ADD):
-            s_node, last = private(sc.inputs[1]), private(sc.inputs[0])
-            if s_node is None:
-                continue
-            self.extended[s_node.name] = sc.in_shapes[1][1]
-            if last is None:
-                continue
-            self.folded[last.name] = sc
-            first = private(last.inputs[0], test=is_pointwise) if is_pointwise(last) else None
-            if first is not None and is_pointwise(s_node) and first.inputs[0] == s_node.inputs[0]:
-                self.joined[first.name] = s_node  # one GEMM: [W_first; W_s; 0] on the shared input
+        for block in plan.blocks():
+            self._fuse(block)
+
+    def _private(self, node: Node | None, value: str, test: Callable[[Node], bool] | None = None) -> bool:
+        """Whether ``node`` writes ``value`` as a contraction (CONV/MATMUL) without epilogue that
+        nothing else reads, and passes ``test`` (default: on an unfolded view)."""
+        return (
+            node is not None
+            and node.output == value
+            and node.op in (Op.CONV, Op.MATMUL)
+            and node.epilogue.empty
+            and self.uses_of[value] == 1
+            and (test or _unfolded)(node)
+        )
+
+    def _fuse(self, block: CEPDBlock) -> None:
+        """Record how ``block``'s S branch and scatter-add are emitted (see the module docstring)."""
+        sc, s_node = block.scatter, block.sparse
+        if sc is None or not self._private(s_node, sc.inputs[1]):
+            return
+        self.extended[s_node.name] = sc.in_shapes[1][1]
+        last = self.producer.get(block.chain_output)
+        if last is None or last.role is not Role.STEP or not self._private(last, block.chain_output):
+            return
+        self.folded[last.name] = sc
+        steps = (n for n in block.steps if n.role is Role.STEP)
+        first = next((n for n in steps if n.inputs[0] == block.branch_input), None)
+        if (
+            first is not None
+            and first is not last
+            and last.inputs[0] == first.output
+            and is_pointwise(last)
+            and is_pointwise(s_node)
+            and s_node.inputs[0] == first.inputs[0]
+            and self._private(first, first.output, is_pointwise)
+        ):
+            self.joined[first.name] = s_node  # one GEMM: [W_first; W_s; 0] on the shared input
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> tvm.IRModule:
@@ -122,7 +154,7 @@ class Lowering:
         if scatter is not None:
             s = self.env[scatter.inputs[1]]
             offset, rows = self.row_offset.get(scatter.inputs[1], 0), _channels(s)
-            vals.inv = _inverse_index(scatter.attrs["index"], scatter.out_shape[1], offset)
+            vals.inv = _inverse_index(_index(scatter), scatter.out_shape[1], offset)
             epi = Epi(
                 epi.scale, epi.bias, epi.residual, epi.act, kappa, outer, rows if rows != kappa + 1 else 0
             )
@@ -133,6 +165,7 @@ class Lowering:
     def contraction(self, node: Node, scatter: Node | None = None) -> relax.Expr:
         """CONV or MATMUL ``node`` (optionally with a folded scatter and its epilogue)."""
         a = node.attrs
+        assert isinstance(a, (ConvAttrs, MatmulAttrs))
         epi_node = scatter or node
         w = self.plan.consts[node.weights[0]]
         s_node = self.joined.get(node.name)
@@ -143,7 +176,8 @@ class Lowering:
         elif node.name in self.extended:  # the S branch: one extra, all-zero output channel
             w = np.concatenate([w, np.zeros((1, *w.shape[1:]), w.dtype)])
         n, _, h, wd = node.in_shapes[0]
-        outer, cin, inner = a["outer"], a["cin"], a.get("inner", 1)
+        outer, cin = a.outer, a.cin
+        inner = a.inner if isinstance(a, MatmulAttrs) else 1
         cout = w.shape[0]
         epi, vals, extra = self.epilogue(epi_node, outer=outer, scatter=scatter)
         split_epi = inner > 1 and not epi_node.epilogue.empty
@@ -166,17 +200,18 @@ class Lowering:
                 label=node.name,
             )
         else:
+            assert isinstance(a, ConvAttrs)
             s = convk.ConvShape(
                 n * outer,
                 cin,
                 h,
                 wd,
                 cout,
-                tuple(a["kernel"]),
-                tuple(a["stride"]),
-                tuple(a["padding"]),
-                tuple(a["dilation"]),
-                a["groups"],
+                tuple(a.kernel),
+                tuple(a.stride),
+                tuple(a.padding),
+                tuple(a.dilation),
+                a.groups,
             )
             call = convk.conv(
                 s,
@@ -239,7 +274,7 @@ class Lowering:
             )
         epi, vals, extra = self.epilogue(node)
         epi = Epi(epi.scale, epi.bias, epi.residual, epi.act, kappa)
-        vals.inv = _inverse_index(node.attrs["index"], node.out_shape[1])
+        vals.inv = _inverse_index(_index(node), node.out_shape[1])
         call = simple.eltwise("copy", node.out_shape, epi, vals)
         return self.emit(call, [self.env[node.inputs[0]], *extra, s], node.out_shape)
 
@@ -248,15 +283,20 @@ class Lowering:
         return self.elementwise(node, "affine", affine=(c[node.weights[0]], c[node.weights[1]]))
 
     def permute(self, node: Node) -> relax.Expr:
+        a = node.attrs
+        if not isinstance(a, PermuteAttrs):
+            raise CEPDError(f"{node.name}: a permute without PermuteAttrs")
         epi, vals, extra = self.epilogue(node)
-        call = simple.permute(node.in_shapes[0], node.attrs["axes"], node.attrs["perm"], epi, vals)
+        call = simple.permute(node.in_shapes[0], a.axes, a.perm, epi, vals)
         return self.emit(call, [self.env[node.inputs[0]], *extra], node.out_shape)
 
     def pool(self, node: Node) -> relax.Expr:
         _no_epilogue(node)
         a = node.attrs
+        if not isinstance(a, PoolAttrs):
+            raise CEPDError(f"{node.name}: a pool without PoolAttrs")
         kind = "max" if node.op is Op.MAXPOOL else "avg"
-        call = simple.pool(kind, node.in_shapes[0], node.out_shape, a["kernel"], a["stride"], a["padding"])
+        call = simple.pool(kind, node.in_shapes[0], node.out_shape, a.kernel, a.stride, a.padding)
         return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
 
     def global_avgpool(self, node: Node) -> relax.Expr:
@@ -273,7 +313,7 @@ class Lowering:
 
     def relu(self, node: Node) -> relax.Expr:
         _no_epilogue(node)
-        act = "relu6" if node.attrs.get("max") == 6.0 else "relu"
+        act = "relu6" if isinstance(node.attrs, ReluAttrs) and node.attrs.max == 6.0 else "relu"
         call = simple.eltwise("copy", node.out_shape, Epi(act=act), EpiValues())
         return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
 
@@ -296,7 +336,18 @@ HANDLERS: dict[Op, Callable[[Lowering, Node], relax.Expr]] = {
 
 
 def _unfolded(node: Node) -> bool:
-    return node.attrs.get("outer", 1) == 1 and node.attrs.get("inner", 1) == 1
+    """Whether a contraction works on its input as it is (no folded channel modes)."""
+    a = node.attrs
+    if isinstance(a, MatmulAttrs):
+        return a.outer == 1 and a.inner == 1
+    return isinstance(a, ConvAttrs) and a.outer == 1
+
+
+def _index(node: Node) -> tuple[int, ...]:
+    """The output channels a SCATTER_ADD adds into."""
+    if not isinstance(node.attrs, ScatterAttrs):
+        raise CEPDError(f"{node.name}: a scatter-add without ScatterAttrs")
+    return node.attrs.index
 
 
 def _inverse_index(index, channels: int, offset: int = 0) -> np.ndarray:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from cepd_deploy.errors import CEPDError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT = "cepd-tvm"
 VERSION = 1
@@ -25,7 +28,9 @@ def configure_threads(threads: int | None) -> None:
     import tvm
 
     if threads:
-        tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        from cepd_deploy.threads import clamp
+
+        tvm.get_global_func("runtime.config_threadpool")(1, clamp(threads, "TVM threads"))
 
 
 class TVMModel:
@@ -38,6 +43,7 @@ class TVMModel:
         self._main = vm["main"]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
         import tvm
 
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -54,22 +60,78 @@ class TVMModel:
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict:
+    """The build manifest of a TVM build folder, checked (format, version, the fields a loader
+    reads); a one-line CEPDError otherwise."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise CEPDError(f"{out_dir}: no {MANIFEST} (not a TVM build folder, or an unfinished one)")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CEPDError(f"{path}: not valid JSON ({exc.msg})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise CEPDError(f"{path}: not valid JSON ({why})") from None
+    if not isinstance(manifest, dict):
+        raise CEPDError(f"{path}: not a build manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("format") != FORMAT:
         raise CEPDError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
     if manifest.get("version") != VERSION:
         raise CEPDError(f"{path}: version {manifest.get('version')!r} is not supported (expected {VERSION})")
+    _check_fields(path, manifest)
     return manifest
+
+
+def _check_fields(path: Path, m: dict) -> None:
+    """CEPDError naming the first field of a manifest that a loader would trip over."""
+
+    def shape(v) -> bool:
+        return isinstance(v, list) and 0 < len(v) <= 8 and all(type(d) is int and d > 0 for d in v)
+
+    target, files, lib = m.get("target"), m.get("files", {}), m.get("library", LIBRARY)
+    checks = (
+        ("target", isinstance(target, dict) and target.get("kind") in ("llvm", "cuda")),
+        ("input_shape", shape(m.get("input_shape"))),
+        ("output_shape", shape(m.get("output_shape"))),
+        ("library", isinstance(lib, str) and lib not in ("", ".", "..") and Path(lib).name == lib),
+        ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values())),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise CEPDError(f"{path}: field {name!r} is missing or malformed ({m.get(name)!r:.60})")
+
+
+def _check_library(lib_path: Path, manifest: dict) -> None:
+    """Before loading: the library is the one the manifest describes (its SHA-256, where recorded)
+    and an intact ELF file. A truncated or replaced library is refused here, not by a SIGBUS."""
+    from cepd_deploy.ownership import digest
+
+    want = manifest.get("files", {}).get(lib_path.name)
+    if want is not None and digest(lib_path) != want:
+        raise CEPDError(f"{lib_path}: does not match the digest its manifest records (truncated or replaced "
+                        "since the build); build it again")  # fmt: skip
+    if sys.platform.startswith("linux") and not _elf_intact(lib_path):
+        raise CEPDError(f"{lib_path}: not a complete shared library (truncated?); build it again")
+
+
+def _elf_intact(path: Path) -> bool:
+    """Whether ``path`` is a 64-bit little-endian ELF file that holds its whole section table (it
+    sits at the end: a truncated file does not)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return False
+    (shoff,) = struct.unpack_from("<Q", head, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+    return 0 < shoff + shentsize * shnum <= size
 
 
 def load(out_dir: str | os.PathLike, *, threads: int | None = None) -> TVMModel:
     """The model built into ``out_dir`` by :func:`cepd_deploy.targets.tvm.build`."""
+    from cepd_deploy.targets.tvm.host import configure_runtime
+
+    configure_runtime()  # before TVM's thread pool starts (the first run)
     import tvm
     from tvm import relax
 
@@ -77,6 +139,7 @@ def load(out_dir: str | os.PathLike, *, threads: int | None = None) -> TVMModel:
     lib_path = Path(out_dir) / manifest.get("library", LIBRARY)
     if not lib_path.is_file():
         raise CEPDError(f"{out_dir}: library {lib_path.name} is missing")
+    _check_library(lib_path, manifest)
     kind = manifest["target"]["kind"]
     device = tvm.cpu() if kind == "llvm" else tvm.cuda(0)
     if not device.exist:

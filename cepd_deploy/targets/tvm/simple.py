@@ -161,6 +161,7 @@ def pool(kind: str, shape: Sequence[int], out_shape: Sequence[int], kernel, stri
 
 
 def global_avgpool(shape: Sequence[int]) -> Call:
+    """Mean over H x W of an (N, C, H, W) input, to (N, C, 1, 1); parallel over (N, C)."""
     n, c, h, w = (int(s) for s in shape)
     x = te.placeholder((n, c, h, w), name="x")
     r, u = te.reduce_axis((0, h), "r"), te.reduce_axis((0, w), "u")

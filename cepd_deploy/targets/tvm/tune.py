@@ -17,11 +17,12 @@ import hashlib
 import inspect
 import json
 import linecache
+import logging
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,20 @@ from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_eval
 from cepd_deploy.cache import (
     CACHE_ENV,  # noqa: F401 (re-exported for callers and tests)
     cache_root,
+    discard,
+    ensure_dir,
+    figure,
 )
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.ownership import digest
 from cepd_deploy.targets.tvm.kernel import Kernel
 
 RESULT = "result.json"
+DB_FILES = ("database_workload.json", "database_tuning_record.json")  # MetaSchedule's JSONDatabase
 _BUILT: dict[str, tvm.runtime.Module] = {}  # artifact key -> module built in this process
 _EVAL = EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20)
 MARGIN = 0.95  # a tuned schedule replaces ours only when at least 5% faster
+MS_LOGGER = "tvm.s_tir.meta_schedule"  # MetaSchedule's global logger
 
 
 @derived_object
@@ -134,13 +141,20 @@ class Tuner:
         return self.root / hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def result(self, kernel: Kernel) -> dict | None:
-        path = self.folder(kernel) / RESULT
+        """The cached result of ``kernel``, or None (not tuned yet). A damaged entry (a result of
+        the wrong form, figures that are not finite positive times, a database whose files are not
+        the ones the result records) is discarded with a notice, and the kernel is tuned again."""
+        folder = self.folder(kernel)
+        path = folder / RESULT
         if not path.is_file():
+            if _db_damaged(folder):  # a run killed mid-tuning: its records are not trusted either
+                discard(folder, "an unfinished or unreadable tuning database", "tuning cache entry")
             return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None  # a torn write: tune again
+        why = _result_damaged(path, folder)
+        if why is not None:
+            discard(folder, why, "tuning cache entry")
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def tune(self, kernels: list[Kernel], trials: int, uses: Counter | None = None) -> list[dict]:
         """Tune every contraction kernel to at least ``trials`` trials (cached ones are skipped)."""
@@ -162,15 +176,17 @@ class Tuner:
 
     def _tune_one(self, k: Kernel, trials: int, prev: dict | None) -> dict:
         folder = self.folder(k)
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_dir(folder)
         have = prev["trials"] if prev else 0
+        self._fresh_trials = trials  # what a retry on an emptied database runs (see _run_metaschedule)
         wl = k.workload()
         load_intrinsics()
         # MetaSchedule logs its tables to a console handler bound to sys.stdout when it sets up
         # logging (each call): keep stdout clean (`--json`); its log files stay in the folder
         try:
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-                db = self._run_metaschedule(wl, folder, trials - have)
+                with _unnamed_handlers_detached():
+                    db = self._run_metaschedule(wl, folder, trials - have)
         except Exception as exc:  # MetaSchedule raises TVMError subclasses
             raise CEPDError(f"tuning {k.label} failed: {str(exc).splitlines()[0]}") from exc
         sch = db.query_schedule(tvm.IRModule({"main": wl}), self.target, workload_name="main")
@@ -191,6 +207,7 @@ class Tuner:
             "trials": trials,
             "hand_us": hand * 1e6,
             "tuned_us": tuned * 1e6 if ok else None,
+            "db": {name: digest(folder / name) for name in DB_FILES if (folder / name).is_file()},
         }
         tmp = folder / (RESULT + ".tmp")
         tmp.write_text(json.dumps(res, indent=2))
@@ -198,6 +215,17 @@ class Tuner:
         return res
 
     def _run_metaschedule(self, wl, folder: Path, trials: int):
+        try:
+            return self._tune_tir(wl, folder, trials)
+        except Exception as exc:  # MetaSchedule raises TVMError subclasses
+            if not any((folder / name).is_file() for name in DB_FILES):
+                raise
+            # the database of earlier runs is what it trips over: start this kernel afresh
+            discard(folder, f"MetaSchedule cannot read it: {_first_line(exc)}", "tuning cache entry")
+            ensure_dir(folder)
+            return self._tune_tir(wl, folder, max(trials, getattr(self, "_fresh_trials", trials)))
+
+    def _tune_tir(self, wl, folder: Path, trials: int):
         return ms.tir_integration.tune_tir(
             wl,
             self.target,
@@ -219,13 +247,85 @@ class Tuner:
         res = self.result(k) if k.macs else None
         if res is not None and res["tuned_us"] is not None and res["tuned_us"] < MARGIN * res["hand_us"]:
             folder = self.folder(k)
-            db = ms.database.JSONDatabase(work_dir=str(folder))
             wl = k.workload()
-            sch = db.query_schedule(tvm.IRModule({"main": wl}), self.target, workload_name="main")
-            if sch is not None:
+            try:
+                db = ms.database.JSONDatabase(work_dir=str(folder))
+                sch = db.query_schedule(tvm.IRModule({"main": wl}), self.target, workload_name="main")
+                func = sch.mod["main"] if sch is not None else None
+            except Exception as exc:  # TVMError: a database TVM cannot read
+                discard(folder, f"MetaSchedule cannot read it: {_first_line(exc)}", "tuning cache entry")
+                func = None
+            if func is not None:
                 self.used += 1
-                return sch.mod["main"]
+                return func
         return k.scheduled()
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_detached() -> Iterator[None]:
+    """Take the host application's unnamed handlers off MetaSchedule's logger while it tunes.
+
+    MetaSchedule rebuilds its logging config on every tuning call from the names of the handlers
+    already on its logger (``handler.get_name()``); a handler without a name (pytest's log
+    capture, many applications' own) makes that call fail. They are put back afterwards.
+    """
+    logger = logging.getLogger(MS_LOGGER)
+    foreign = [h for h in logger.handlers if not h.get_name()]
+    for h in foreign:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in foreign:
+            logger.addHandler(h)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _db_damaged(folder: Path) -> bool:
+    """Whether MetaSchedule's database files in ``folder`` are not all JSON lines (JSON arrays)."""
+    for name in DB_FILES:
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip() and not isinstance(json.loads(line), list):
+                        return True
+        except (OSError, ValueError):
+            return True
+    return False
+
+
+def _result_damaged(path: Path, folder: Path) -> str | None:
+    """Why a cache folder's result.json cannot be used, or None."""
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{RESULT} is not JSON: {type(exc).__name__}"
+    if not isinstance(res, dict):
+        return f"{RESULT} is a JSON {type(res).__name__}, not an object"
+    trials = res.get("trials")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        return f"{RESULT}: trials {trials!r:.40} is not a positive whole number"
+    if not figure(res.get("hand_us"), positive=True):
+        return f"{RESULT}: hand_us {res.get('hand_us')!r:.40} is not a finite positive time"
+    if res.get("tuned_us") is not None and not figure(res.get("tuned_us"), positive=True):
+        return f"{RESULT}: tuned_us {res.get('tuned_us')!r:.40} is not a finite positive time or null"
+    db = res.get("db")
+    if db is None:  # written before digests were recorded: the files must at least parse
+        return "an unreadable tuning database" if _db_damaged(folder) else None
+    if not isinstance(db, dict) or not all(isinstance(v, str) for v in db.values()):
+        return f"{RESULT}: db is not a table of digests"
+    for name in DB_FILES:
+        have = (folder / name).is_file()
+        if (name in db) != have or (have and digest(folder / name) != db[name]):
+            return f"{name} is not the database {RESULT} records"
+    return None
 
 
 def _us(v: float | None) -> str:

@@ -5,7 +5,7 @@ rank allocation: every converted layer gets the largest ranks whose cost is at m
 its dense cost, with one rho for the whole network found by bisection, then single layers are
 raised greedily to close the remaining gap. Costs come from the Plan (``plan/cost.py``).
 
-With a ``latency`` model (e.g. :class:`cepd_deploy.targets.onnx.latency.OrtLatency`, measured
+With a ``latency`` model (e.g. :class:`cepd_deploy.frontend.allocation.OrtLatency`, measured
 single-layer latencies) the same FLOPs/params target is met with the per-layer choices (dense
 or candidate ranks) that minimise the summed latency instead, with the total cost between
 ``WINDOW`` under the target and the target: a knapsack solved by dynamic programming on a
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from pathlib import Path
 from torch import nn
 
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.frontend.lower import lower
 from cepd_deploy.model.layers import CEPDConv2d
 from cepd_deploy.plan.cost import nodes_macs, totals
-from cepd_deploy.plan.lower import lower
 from cepd_deploy.plan.ttconv import CostFn, TTConvSpec, choose_path, lower_ttconv
 from cepd_deploy.tt import TTLayout
 
@@ -105,12 +104,13 @@ def convert(
     given = [x is not None for x in (flops_remaining, params_remaining, config)]
     if sum(given) != 1:
         raise CEPDError("give exactly one of flops_remaining, params_remaining or config")
+    rank_config = _read_config(config) if config is not None else None  # refused before any work
     shape = _input_shape(model, input_shape)
     model = copy.deepcopy(model).eval()
     dense = lower(model, shape, cost=cost)
     convs = _candidates(model, dense, convert_first)
     if config is not None:
-        choices = _from_config(_read_config(config), convs, sparsity, layout)
+        choices = _from_config(rank_config, convs, sparsity, layout)
     else:
         metric = "macs" if flops_remaining is not None else "params"
         target = flops_remaining if flops_remaining is not None else params_remaining
@@ -161,25 +161,77 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 # -- explicit config -------------------------------------------------------------------------
+_CONFIG_KEYS = ("layers", "layout", "sparsity")
+_ENTRY_KEYS = ("kappa", "layout", "ranks", "sparsity")
+MAX_RANK = 1 << 16  #: largest TT rank a config may ask for (every real one is clipped far below)
+
+
 def _read_config(config: dict | str | Path) -> dict:
+    """A rank config (a dict, or a YAML/JSON file), checked in full before any layer is touched."""
+    from cepd_deploy.untrusted import parse_json, parse_yaml, read_text
+
     if isinstance(config, dict):
-        return config
+        return _check_config(config, "config")
     path = Path(config)
     if not path.is_file():
         raise CEPDError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    text = read_text(path, "rank config")
+    data = parse_json(text, path.name) if path.suffix == ".json" else parse_yaml(text, path.name)
+    return _check_config(data, path.name)
 
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise CEPDError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+
+def _check_config(data: object, where: str) -> dict:
+    """Every key known, every value of its type and range; one-line errors naming the key."""
+    from cepd_deploy.untrusted import brief
+
     if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
-        raise CEPDError(f"{path}: a config needs a 'layers' mapping of name/pattern -> ranks")
+        raise CEPDError(f"{where}: a config needs a 'layers' mapping of name/pattern -> ranks")
+    _known_keys(data, _CONFIG_KEYS, where)
+    if "sparsity" in data:
+        _config_sparsity(data["sparsity"], f"{where}: sparsity")
+    if "layout" in data:
+        _config_layout(data["layout"], f"{where}: layout")
+    for pattern, entry in data["layers"].items():
+        if not isinstance(pattern, str) or not pattern or len(pattern) > 200 or not pattern.isprintable():
+            raise CEPDError(f"{where}: layers: {brief(pattern)} is not a module name or glob pattern")
+        at = f"{where}: layers: {brief(pattern)}"
+        if not isinstance(entry, dict) or "ranks" not in entry:
+            raise CEPDError(f"{at}: expected a mapping with 'ranks' (e.g. {{ranks: [8, 8]}})")
+        _known_keys(entry, _ENTRY_KEYS, at)
+        ranks = entry["ranks"]
+        if not isinstance(ranks, (list, tuple)) or not 1 <= len(ranks) <= 16 or not all(
+                type(r) is int and 1 <= r <= MAX_RANK for r in ranks):  # fmt: skip
+            raise CEPDError(f"{at}: ranks: expected a list of integers in [1, {MAX_RANK}], "
+                            f"got {brief(ranks)}")  # fmt: skip
+        if "kappa" in entry and not (type(entry["kappa"]) is int and entry["kappa"] >= 0):
+            raise CEPDError(f"{at}: kappa: expected an integer >= 0, got {brief(entry['kappa'])}")
+        if "sparsity" in entry:
+            _config_sparsity(entry["sparsity"], f"{at}: sparsity")
+        if "layout" in entry:
+            _config_layout(entry["layout"], f"{at}: layout")
     return data
+
+
+def _known_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
+    from cepd_deploy.untrusted import brief
+
+    unknown = sorted((k for k in data if k not in allowed), key=repr)
+    if unknown:
+        raise CEPDError(f"{where}: unknown key {brief(unknown[0])} (allowed: {', '.join(allowed)})")
+
+
+def _config_sparsity(value: object, where: str) -> None:
+    from cepd_deploy.untrusted import brief
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise CEPDError(f"{where}: expected a number in [0, 1], got {brief(value)}")
+
+
+def _config_layout(value: object, where: str) -> None:
+    from cepd_deploy.untrusted import brief
+
+    if not isinstance(value, str) or not value or len(value) > 64 or not value.isprintable():
+        raise CEPDError(f"{where}: expected a layout such as 'o-k-i', got {brief(value)}")
 
 
 def _from_config(
@@ -196,19 +248,17 @@ def _from_config(
                 choices[name] = _choice(name, conv, entry, default_sparsity, default_layout)
                 break
     if unmatched:
-        raise CEPDError(f"config names no convertible conv: {sorted(unmatched)[0]!r}")
+        from cepd_deploy.untrusted import brief
+
+        raise CEPDError(f"config names no convertible conv: {brief(sorted(unmatched)[0])}")
     return choices
 
 
 def _choice(name, conv, entry, sparsity, layout) -> LayerChoice:
-    if not isinstance(entry, dict) or "ranks" not in entry:
-        raise CEPDError(f"config entry for {name!r} needs 'ranks'")
-    try:
-        ranks = tuple(int(r) for r in entry["ranks"])
-        kappa = int(entry["kappa"]) if "kappa" in entry else kappa_for(
-            conv.out_channels, float(entry.get("sparsity", sparsity)))  # fmt: skip
-    except (TypeError, ValueError):
-        raise CEPDError(f"config entry for {name!r}: ranks/kappa must be integers") from None
+    """One layer's ranks and kept filters (``entry`` was checked by :func:`_check_config`)."""
+    ranks = tuple(entry["ranks"])
+    kappa = entry["kappa"] if "kappa" in entry else kappa_for(
+        conv.out_channels, float(entry.get("sparsity", sparsity)))  # fmt: skip
     lay = str(entry.get("layout", layout))
     tt = TTLayout.parse(lay, conv.out_channels, conv.in_channels, tuple(conv.kernel_size))
     tt.clip_ranks(ranks)
@@ -350,7 +400,7 @@ def _probe(conv: nn.Conv2d, in_shape, act: str | None, kappa: int, layout: str) 
 
 def _latencies(rows, probes: list[LayerProbe], latency: LatencyFn) -> list[list[float]]:
     """Every option's latency (through ``latency.many([(probe, ranks), ...])`` where the model
-    measures many options together, e.g. :class:`~cepd_deploy.targets.onnx.latency.OrtLatency`)."""
+    measures many options together, e.g. :class:`~cepd_deploy.frontend.allocation.OrtLatency`)."""
     pairs = [(probe, r) for row, probe in zip(rows, probes) for _, r in row[2]]
     many = getattr(latency, "many", None)
     flat = iter(many(pairs) if many else [latency(p, r) for p, r in pairs])

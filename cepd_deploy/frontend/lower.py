@@ -1,15 +1,15 @@
 """Lowering: nn.Module (dense or CEPD) -> Plan. BN folded, TT orders chosen, epilogues fused.
 
 >>> plan = lower(build_model("resnet20"), (1, 3, 32, 32))      # doctest: +SKIP
->>> plan.macs                                                  # doctest: +SKIP
+>>> totals(plan)["macs"]                                       # doctest: +SKIP
 40551424
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,8 +19,20 @@ from torch import nn
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.model.layers import CEPDConv2d
+from cepd_deploy.plan import passes
 from cepd_deploy.plan.cost import nodes_macs
-from cepd_deploy.plan.ir import EPILOGUE_OPS, Epilogue, LayerInfo, Node, Op, Plan, unique_name
+from cepd_deploy.plan.ir import (
+    ConvAttrs,
+    Epilogue,
+    LayerInfo,
+    NoAttrs,
+    Node,
+    Op,
+    Plan,
+    PoolAttrs,
+    ReluAttrs,
+    unique_name,
+)
 from cepd_deploy.plan.ttconv import CostFn, can_fold_scale, choose_path, lower_ttconv, ttconv_weights
 from cepd_deploy.plan.verify import verify
 
@@ -58,35 +70,92 @@ def lower(
     shapes = _shapes(gm, input_shape)
     lw = _Lowering(gm, shapes, cost)
     plan = lw.run(input_shape)
-    if fuse:
-        plan = fuse_epilogues(plan)
     verify(plan)
-    return plan
+    return passes.run(plan, ("fuse_epilogues",) if fuse else ())
+
+
+#: largest input (values) run for real when the meta-device trace fails (1 GiB of float32)
+REAL_TRACE_LIMIT = 1 << 28
 
 
 def _shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Output shape of every fx node, by running the model once on zeros (eval mode)."""
-    shapes: dict[str, tuple[int, ...]] = {}
+    """Output shape of every fx node (eval mode).
 
-    class _Interp(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                shapes[n.name] = tuple(out.shape)
-            return out
-
+    Traced on the meta device (no memory, no arithmetic, whatever the batch or image size);
+    a model with an op the meta device lacks is run once on real zeros instead, if the input
+    is at most ``REAL_TRACE_LIMIT`` values.
+    """
     was_training = gm.training
     gm.eval()
     try:
         with torch.no_grad():
-            _Interp(gm).run(torch.zeros(input_shape))
-    except CEPDError:
-        raise
-    except Exception as exc:
-        raise CEPDError(f"model does not accept input shape {input_shape}: {exc}") from None
+            try:
+                return _ShapeInterp(gm, meta=True).shapes_for(input_shape)
+            except CEPDError:
+                raise
+            except Exception as exc:  # an op without a meta kernel, data-dependent Python: run it for real
+                if math.prod(input_shape) > REAL_TRACE_LIMIT:
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                    raise CEPDError(f"cannot trace the shapes of input {input_shape} without running the "
+                                    f"model, and it is too large to run ({first})") from None  # fmt: skip
+            try:
+                return _ShapeInterp(gm, meta=False).shapes_for(input_shape)
+            except CEPDError:
+                raise
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise CEPDError(f"model does not accept input shape {input_shape}: {first}") from None
     finally:
         gm.train(was_training)
-    return shapes
+
+
+class _ShapeInterp(fx.Interpreter):
+    """Records every node's output shape; with ``meta`` parameters and inputs live on the meta
+    device, and CEPD convs (whose forward reads its filter indices) get their shape by formula."""
+
+    def __init__(self, gm: fx.GraphModule, meta: bool) -> None:
+        super().__init__(gm)
+        self.meta = meta
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def shapes_for(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        self.run(torch.zeros(input_shape, device="meta" if self.meta else "cpu"))
+        return self.shapes
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.shapes[n.name] = tuple(out.shape)
+        return out
+
+    def fetch_attr(self, target: str):
+        value = super().fetch_attr(target)
+        return value.to("meta") if self.meta and isinstance(value, torch.Tensor) else value
+
+    def call_module(self, target, args, kwargs):
+        if not self.meta:
+            return super().call_module(target, args, kwargs)
+        mod = self.module.get_submodule(target)
+        if isinstance(mod, CEPDConv2d):
+            return torch.empty(_conv_out_shape(mod, tuple(args[0].shape)), device="meta")
+        from torch.func import functional_call
+
+        state = {k: v.to("meta") for k, v in (*mod.named_parameters(), *mod.named_buffers())}
+        return functional_call(mod, state, args, kwargs)
+
+
+def _conv_out_shape(conv: CEPDConv2d, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(N, O, H', W') of a CEPD conv for an (N, I, H, W) input (the usual conv formula)."""
+    s = conv.spec
+    if len(in_shape) != 4 or in_shape[1] != conv.in_channels:
+        raise ValueError(f"CEPD conv of {conv.in_channels} input channels got a {in_shape} input")
+    out = [
+        (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+        for size, pad, dil, k, stride in zip(in_shape[2:], s.padding, s.dilation, conv.kernel_size, s.stride)
+    ]
+    if min(out) < 1:
+        raise ValueError(f"input {in_shape} is smaller than the kernel of a CEPD conv")
+    return (in_shape[0], conv.out_channels, *out)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -194,9 +263,9 @@ class _Lowering:
             w = w * scale.reshape(-1, 1, 1, 1)
             b = shift + (scale * b if b is not None else 0)
         in_shape, out_shape = self.shape(x), self.shapes[next(iter(n.users)).name if bn else n.name]
-        attrs = dict(kernel=tuple(conv.kernel_size), stride=tuple(conv.stride),
-                     padding=tuple(conv.padding), dilation=tuple(conv.dilation),
-                     groups=conv.groups, outer=1, cin=conv.in_channels, cout=conv.out_channels)  # fmt: skip
+        attrs = ConvAttrs(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding),
+                          tuple(conv.dilation), conv.groups, 1, conv.in_channels,
+                          conv.out_channels)  # fmt: skip
         weights = (self.const(f"{name}.w", w),)
         epi = Epilogue(bias=self.const(f"{name}.bias", b) if b is not None else None)
         node = Node(Op.CONV, name, (self.value(x),), name, (in_shape,), out_shape, weights, attrs,
@@ -262,7 +331,7 @@ class _Lowering:
         if len(in_shape) != 2:
             raise CEPDError(f"linear {n.target!r} must follow a flatten (got input {in_shape})")
         self.emit(Node(Op.LINEAR, name, (self.value(x),), name, (in_shape,), self.shape(n),
-                       weights, {}, epi, name), n)  # fmt: skip
+                       weights, NoAttrs(), epi, name), n)  # fmt: skip
         self.layers[name] = LayerInfo(name, "linear", tuple(lin.weight.shape), in_shape,
                                       self.shape(n))  # fmt: skip
 
@@ -272,7 +341,7 @@ class _Lowering:
         name = self.unique(n.target if mod is not None else n.name)
         shape = self.shape(n)
         self.emit(Node(Op.RELU, name, (self.value(n.args[0]),), name, (shape,), shape,
-                       attrs={"max": max_value}, layer=name), n)  # fmt: skip
+                       attrs=ReluAttrs(max_value), layer=name), n)  # fmt: skip
 
     def lower_pool(self, n: fx.Node, mod: nn.Module) -> None:
         name = self.unique(n.target)
@@ -280,7 +349,7 @@ class _Lowering:
         if isinstance(mod, nn.AdaptiveAvgPool2d):
             if self.shape(n)[2:] != (1, 1):
                 raise CEPDError(f"{n.target!r}: only AdaptiveAvgPool2d to 1x1 is supported")
-            op, attrs = Op.GLOBAL_AVGPOOL, {}
+            op, attrs = Op.GLOBAL_AVGPOOL, NoAttrs()
         else:
             if getattr(mod, "dilation", 1) not in (1, (1, 1)) or getattr(mod, "return_indices", False):
                 raise CEPDError(f"{n.target!r}: dilated or index-returning pooling is not supported")
@@ -288,8 +357,8 @@ class _Lowering:
                 raise CEPDError(f"{n.target!r}: AvgPool2d must count padding and use no divisor override")
             op = Op.MAXPOOL if isinstance(mod, nn.MaxPool2d) else Op.AVGPOOL
             pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-            attrs = dict(kernel=pair(mod.kernel_size), stride=pair(mod.stride or mod.kernel_size),
-                         padding=pair(mod.padding), ceil_mode=bool(mod.ceil_mode))  # fmt: skip
+            attrs = PoolAttrs(pair(mod.kernel_size), pair(mod.stride or mod.kernel_size), pair(mod.padding),
+                              bool(mod.ceil_mode))  # fmt: skip
         self.emit(Node(op, name, (self.value(x),), name, (self.shape(x),), self.shape(n),
                        attrs=attrs, layer=name), n)  # fmt: skip
 
@@ -342,43 +411,3 @@ class _Lowering:
             return None
         what = getattr(fn, "__name__", str(fn))
         raise CEPDError(f"unsupported operation {what!r} (node {n.name})")
-
-
-def fuse_epilogues(plan: Plan) -> Plan:
-    """Fold ADD (residual) and RELU into the op that produces their input when nothing else reads it."""
-    nodes = list(plan.nodes)
-    readers: dict[str, int] = {}
-    for node in nodes:
-        for x in node.inputs:
-            readers[x] = readers.get(x, 0) + 1
-    readers[plan.output] = readers.get(plan.output, 0) + 1
-    by_output = {node.output: i for i, node in enumerate(nodes)}
-    dead: set[int] = set()
-    for i, node in enumerate(nodes):
-        if node.op not in (Op.ADD, Op.RELU):
-            continue
-        for k, src in enumerate(node.inputs):
-            j = by_output.get(src)
-            if j is None or j in dead or readers.get(src, 0) != 1:
-                continue
-            prod = nodes[j]
-            e = prod.epilogue
-            if prod.op not in EPILOGUE_OPS or e.act is not None:
-                continue
-            if node.op is Op.ADD:
-                if e.residual:
-                    continue
-                other = node.inputs[1 - k]
-                if by_output.get(other, -1) > j:
-                    continue  # the residual must exist before the producer runs
-                fused = replace(prod, inputs=prod.inputs + (other,), output=node.output,
-                                epilogue=replace(e, residual=True))  # fmt: skip
-            else:
-                act = "relu6" if node.attrs.get("max") == 6.0 else "relu"
-                fused = replace(prod, output=node.output, epilogue=replace(e, act=act))
-            nodes[j] = fused
-            by_output[node.output] = j
-            dead.add(i)
-            break
-    kept = [n for i, n in enumerate(nodes) if i not in dead]
-    return Plan(plan.input, plan.input_shape, plan.output, kept, plan.consts, plan.layers)

@@ -1,4 +1,5 @@
-"""Measured onnxruntime latency of single layers: what a latency-aware rank allocation minimises.
+"""Rank allocations for ``convert``, and the measured onnxruntime latency of single layers that a
+latency-aware allocation minimises.
 
 ``convert(..., latency=OrtLatency())`` asks, for every convertible conv and every candidate
 ranks (or dense), how long that layer alone takes on this machine: a one-layer model (the conv
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -36,28 +38,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cepd_deploy.cache import cache_root
+from cepd_deploy.cache import cache_root, discard, ensure_dir, figure, notice
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.files import atomic_write
+from cepd_deploy.names import ALLOCATIONS  # the allocations ``convert`` offers (re-exported)
 
-#: Rank allocations ``convert`` offers through the CLI: uniform, or the least measured latency on
-#: stock onnxruntime (the portable export) or on the custom-op library.
-ALLOCATIONS = ("uniform", "ort-latency", "library-latency")
-#: Their short tags in model labels and file names.
+#: The allocations' short tags in model labels and file names.
 TAGS = {"uniform": "", "ort-latency": "lat", "library-latency": "lib"}
 ROUNDS = 5  # measuring passes over all options (see OrtLatency._measure)
 
 
-def allocation_kwargs(allocation: str, threads: int = 2) -> dict:
+def allocation_kwargs(allocation: str, threads: int = 2, progress: bool = True) -> dict:
     """``convert`` keyword arguments for an allocation name: none for "uniform"; for
     "ort-latency" / "library-latency" an :class:`OrtLatency` / :class:`LibraryLatency` at
-    ``threads`` threads and ranks in multiples of onnxruntime's channel block."""
+    ``threads`` threads (with progress bars unless ``progress`` is False) and ranks in multiples
+    of onnxruntime's channel block."""
     if allocation == "uniform":
         return {}
     if allocation in ("ort-latency", "library-latency"):
         from cepd_deploy.targets.onnx.portable import CHANNEL_BLOCK
 
         cls = OrtLatency if allocation == "ort-latency" else LibraryLatency
-        return dict(latency=cls(threads=threads), rank_multiple=CHANNEL_BLOCK)
+        return dict(latency=cls(threads=threads, progress=progress), rank_multiple=CHANNEL_BLOCK)
     raise CEPDError(f"unknown allocation {allocation!r}: {' or '.join(ALLOCATIONS)}")
 
 
@@ -86,36 +88,67 @@ def _cpu_name() -> str:
 
 
 def _source_digest() -> str:
-    from cepd_deploy.plan import rewrite as plan_rewrite
-    from cepd_deploy.targets.onnx import fused, portable
+    from cepd_deploy.native import layer as kernel_layer
+    from cepd_deploy.plan import passes
+    from cepd_deploy.targets.onnx import exporter, fused, portable, target
 
-    files = [Path(m.__file__) for m in (portable, fused, plan_rewrite)] + [Path(__file__)]
+    modules = (portable, fused, exporter, target, kernel_layer, passes)
+    files = [Path(m.__file__) for m in modules] + [Path(__file__)]
     sources = "".join(f.read_text() for f in files)
     return hashlib.sha256(sources.encode()).hexdigest()[:16]
+
+
+def _read_table(path: Path) -> dict[str, float]:
+    """A latency cache file's entries (option key -> ms). Entries that are not a finite positive
+    number of milliseconds under a key of the right form are dropped (measured again), with a
+    notice; a file that is not such a JSON object is discarded."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        discard(path, f"not JSON: {type(exc).__name__}", "latency cache")
+        return {}
+    if not isinstance(data, dict):
+        discard(path, f"a JSON {type(data).__name__}, not an object", "latency cache")
+        return {}
+    table = {k: float(v) for k, v in data.items() if figure(v, positive=True) and _key_ok(k)}
+    if len(table) < len(data):
+        notice(f"dropped {len(data) - len(table)} damaged entries of the latency cache {path} (not a "
+               "finite positive time); they are measured again")  # fmt: skip
+    return table
+
+
+def _key_ok(key: str) -> bool:
+    """Whether a cache key is a JSON ``[probe fields, ranks or null]`` (as :meth:`OrtLatency.many` makes)."""
+    try:
+        k = json.loads(key)
+    except ValueError:
+        return False
+    return (isinstance(k, list) and len(k) == 2 and isinstance(k[0], list)
+            and (k[1] is None or isinstance(k[1], list)))  # fmt: skip
 
 
 class OrtLatency:
     """Callable ``(probe, ranks | None) -> ms``: one layer's median onnxruntime latency.
 
-    ``probe`` is a :class:`cepd_deploy.model.convert.LayerProbe`; ``ranks`` None means dense.
+    ``probe`` is a :class:`cepd_deploy.frontend.convert.LayerProbe`; ``ranks`` None means dense.
+    Measuring shows progress bars on stderr (a minute for ResNet-50's ~200 options on 2 cores),
+    terminal or not, unless ``progress`` is False.
     """
 
     name = "onnx-latency"  # the cache file's prefix
 
-    def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None) -> None:
+    def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None,
+                 progress: bool = True) -> None:  # fmt: skip
         import onnxruntime as ort
 
-        self.threads, self.repeats = int(threads), int(repeats)
+        self.threads, self.repeats, self.progress = int(threads), int(repeats), progress
         key = json.dumps([_cpu_name(), ort.__version__, self.threads, os.cpu_count(), _source_digest(),
                           *self._runtime_key()])  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         self.path = cache or cache_root() / f"{self.name}-{digest}.json"
-        self.table: dict[str, float] = {}
-        if self.path.is_file():
-            try:
-                self.table = {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
-            except (ValueError, AttributeError):
-                self.table = {}  # a damaged cache is measured again
+        self.table: dict[str, float] = _read_table(self.path)
         self.measured = 0
 
     def __call__(self, probe, ranks: tuple[int, ...] | None) -> float:
@@ -126,9 +159,9 @@ class OrtLatency:
         return []
 
     def _session(self, plan):
-        from cepd_deploy.targets.onnx import build_session, to_model
+        from cepd_deploy.targets.onnx import build_session, prepare, to_model
 
-        return build_session(to_model(plan), self.threads)
+        return build_session(to_model(prepare(plan)), self.threads)
 
     def many(self, options: list[tuple]) -> list[float]:
         """Latencies of ``(probe, ranks)`` pairs; the ones not in the cache are measured together
@@ -141,11 +174,12 @@ class OrtLatency:
         return [self.table[k] for k in keys]
 
     def save(self) -> None:
-        """Write the cache (atomically)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.table, indent=0, sort_keys=True))
-        os.replace(tmp, self.path)
+        """Write the cache (atomically; temporary files of killed runs are swept)."""
+        from cepd_deploy.ownership import sweep_stale
+
+        ensure_dir(self.path.parent)
+        sweep_stale(self.path.parent, rf"\.{re.escape(self.path.name)}\.[0-9a-z_]{{8}}\.tmp")
+        atomic_write(self.path, json.dumps(self.table, indent=0, sort_keys=True))
 
     def _measure(self, options: list[tuple]) -> list[float]:
         """Median ms per option: every option gets a session first, then ``ROUNDS`` passes over
@@ -154,18 +188,20 @@ class OrtLatency:
         dropped, and it cannot favour one option over another."""
         from tqdm import tqdm
 
-        from cepd_deploy.plan.lower import lower
+        from cepd_deploy.frontend.lower import lower
 
         runs = []
-        for probe, ranks in tqdm(options, desc="latency probes", unit="option", leave=False, mininterval=1.0,
-                                 disable=None):  # fmt: skip
+        for probe, ranks in tqdm(options, desc="latency: build layer options", unit="option", mininterval=1.0,
+                                 disable=not self.progress):  # fmt: skip
             shape = (1, *probe.in_shape[1:])
             plan = lower(_Probe(_probe_conv(probe, ranks), probe.act).eval(), shape)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             runs.append((self._session(plan), {plan.input: x}))
         per_pass = max(1, self.repeats // ROUNDS)
         best = [math.inf] * len(runs)
-        for _ in tqdm(range(ROUNDS), desc="latency passes", leave=False, disable=None):
+        bar = tqdm(total=ROUNDS * len(runs), desc=f"latency: time them ({ROUNDS} passes)", unit="option",
+                   mininterval=1.0, disable=not self.progress)  # fmt: skip
+        for _ in range(ROUNDS):
             for i, (sess, feed) in enumerate(runs):
                 sess.run(None, feed)  # warm this option's buffers after the others ran
                 times = []
@@ -174,6 +210,8 @@ class OrtLatency:
                     sess.run(None, feed)
                     times.append(time.perf_counter() - t)
                 best[i] = min(best[i], statistics.median(times) * 1e3)
+                bar.update()
+        bar.close()
         return best
 
 
@@ -194,13 +232,14 @@ class LibraryLatency(OrtLatency):
 
     name = "library-latency"
 
-    def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None) -> None:
+    def __init__(self, threads: int = 2, repeats: int = 25, cache: Path | None = None,
+                 progress: bool = True) -> None:  # fmt: skip
         from cepd_deploy.targets.onnx import ort_library
 
         if not ort_library.available():
             raise CEPDError("library-latency needs the custom-op library, which is not built here "
                             "(use ort-latency)")  # fmt: skip
-        super().__init__(threads, repeats, cache)
+        super().__init__(threads, repeats, cache, progress)
 
     def __call__(self, probe, ranks: tuple[int, ...] | None) -> float:
         return super().many([(probe, ranks)])[0]  # one probe: no stage to speak of
@@ -225,9 +264,9 @@ class LibraryLatency(OrtLatency):
         return [hashlib.sha256(Path(ort_library.get_library_path()).read_bytes()).hexdigest()[:16]]
 
     def _session(self, plan):
-        from cepd_deploy.targets.onnx import build_session, to_model
+        from cepd_deploy.targets.onnx import build_session, prepare, to_model
 
-        return build_session(to_model(plan, fused=True), self.threads, native="library")
+        return build_session(to_model(prepare(plan), fused=True), self.threads, native="library")
 
 
 def _probe_conv(probe, ranks: tuple[int, ...] | None) -> nn.Module:
