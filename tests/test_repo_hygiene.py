@@ -23,7 +23,8 @@ def tracked_text_files() -> list[Path]:
     files = []
     for name in out.decode().split("\0"):
         path = ROOT / name
-        if name and path.is_file() and path.suffix not in {".png", ".so", ".bin"}:
+        binary = path.suffix in {".png", ".so", ".bin"}
+        if name and path.is_file() and not binary and path != Path(__file__).resolve():  # not these rules
             files.append(path)
     return files
 
