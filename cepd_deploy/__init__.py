@@ -7,9 +7,9 @@ environment variable; see :mod:`cepd_deploy.process` for the ones the command se
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from cepd_deploy import lazy
 from cepd_deploy.errors import CEPDError
 
 __version__ = "0.1.0"
@@ -35,18 +35,7 @@ if TYPE_CHECKING:
     from cepd_deploy.plan.ir import Plan
 
 
-def __getattr__(name: str):
-    """Import a public name on first use (PEP 562); other names are submodules or errors."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy.attach(__name__, _LAZY)
 
 
 def get_library_path() -> str:

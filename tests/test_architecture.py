@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1] / "cepd_deploy"
 
 #: package -> the layer it sits in; a package may import only from lower layers or its own
 LAYERS = {
-    "errors": 0, "cpu": 0, "files": 0, "names": 0, "process": 0, "threads": 0, "untrusted": 0, "ownership": 0,
-    "cache": 0, "hw": 0,
+    "errors": 0, "cpu": 0, "files": 0, "lazy": 0, "names": 0, "process": 0, "threads": 0, "untrusted": 0,
+    "ownership": 0, "cache": 0, "hw": 0,
     "tt": 1,
     "plan": 2,
     "native": 3, "model": 3,

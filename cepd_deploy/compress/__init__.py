@@ -5,9 +5,9 @@ The names below are imported on first use (they load torch); :class:`CompressCon
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from cepd_deploy import lazy
 from cepd_deploy.compress.config import CompressConfig
 
 #: public name -> the module that defines it (imported by :func:`__getattr__` on first use)
@@ -38,17 +38,7 @@ if TYPE_CHECKING:
     from cepd_deploy.compress.pipeline import compress
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy.attach(__name__, _LAZY)
 
 
 __all__ = [

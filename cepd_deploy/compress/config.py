@@ -11,7 +11,16 @@ from cepd_deploy.names import ALLOCATIONS
 
 if TYPE_CHECKING:
     from cepd_deploy.compress.admm import Penalty
-    from cepd_deploy.compress.train import Schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD with momentum and cosine decay over the phase (stepped per iteration)."""
+
+    epochs: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
 
 
 @dataclass
@@ -82,7 +91,6 @@ class CompressConfig:
         return Penalty(self.admm_lambda, self.admm_lambda_growth, self.admm_lambda_max)
 
     def schedule(self, phase: str) -> Schedule:
-        from cepd_deploy.compress.train import Schedule
 
         epochs, lr = {"baseline": (self.epochs_baseline, self.lr_baseline),
                       "admm": (self.epochs_admm, self.lr_admm),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,18 +11,9 @@ from torch import nn
 
 from cepd_deploy.compress import dist as D
 from cepd_deploy.compress.admm import ADMM
+from cepd_deploy.compress.config import Schedule
 from cepd_deploy.compress.data import Data, augment, batches, epoch_order
 from cepd_deploy.model.layers import CEPDConv2d
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """SGD with momentum and cosine decay over the phase (stepped per iteration)."""
-
-    epochs: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
 
 
 @contextmanager

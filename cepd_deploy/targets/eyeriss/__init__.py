@@ -17,8 +17,9 @@ imported on first use (this package imports nothing heavy, so the registry can l
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cepd_deploy import lazy
 
 if TYPE_CHECKING:
     from cepd_deploy.targets.eyeriss.result import LayerResult, SimResult
@@ -40,17 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name on first use (PEP 562); other names are submodules or errors."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value  # once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy.attach(__name__, _LAZY)
 
 
 __all__ = ["DEFAULT_ZEROS", "Eyeriss", "LayerResult", "SimResult", "Spec", "load_spec", "presets", "simulate"]

@@ -12,8 +12,9 @@ imported on first use (onnx and onnxruntime load then).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from cepd_deploy import lazy
 
 #: public name -> the module (of this package) that defines it
 _LAZY = {
@@ -33,17 +34,7 @@ if TYPE_CHECKING:
     from cepd_deploy.targets.onnx.target import export, prepare
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy.attach(__name__, _LAZY)
 
 
 __all__ = [

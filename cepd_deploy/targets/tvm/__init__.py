@@ -20,11 +20,11 @@ numpy and sets no environment variable: building and loading set TVM's thread-po
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # light modules (TVM and numpy are imported inside their functions); imported here, not on first
 # use, because ``build`` is also the name of a submodule
+from cepd_deploy import lazy
 from cepd_deploy.targets.tvm.build import build, compile_plan, summary
 from cepd_deploy.targets.tvm.runtime import TVMModel, load
 from cepd_deploy.targets.tvm.target import TVM, TVMCuda
@@ -36,17 +36,7 @@ if TYPE_CHECKING:
 _LAZY = {"HANDLERS": "lowering"}
 
 
-def __getattr__(name: str) -> Any:
-    """Import a heavy public name on first use (PEP 562); other names are submodules or errors."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value  # once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy.attach(__name__, _LAZY)
 
 
 __all__ = ["HANDLERS", "TVM", "TVMCuda", "TVMModel", "build", "compile_plan", "load", "summary"]
