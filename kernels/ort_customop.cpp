@@ -330,6 +330,24 @@ struct Kernel {
     return st;
   }
 
+  // The residual (last input, checked against the output's shape) when there is one, the input's
+  // data and the output allocated at ``dims``: what both compute paths need before they run.
+  OrtStatus* io(OrtKernelContext* ctx, const std::vector<const OrtValue*>& ins, const int64_t (&dims)[4],
+                bool has_residual, const float** res, void** x, void** y) const {
+    if (has_residual) {
+      std::vector<int64_t> rd;
+      CEPD_RETURN_IF_ERROR(shape(ins.back(), rd));
+      if (rd != std::vector<int64_t>(dims, dims + 4)) return error("residual shape differs from the output's");
+      void* p = nullptr;
+      CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(ins.back()), &p));
+      *res = static_cast<const float*>(p);
+    }
+    OrtValue* out = nullptr;
+    CEPD_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, dims, 4, &out));
+    CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(ins[0]), x));
+    return api->GetTensorMutableData(out, y);
+  }
+
   // Every input is float32 but the S branch's channel index (int64): the inputs are declared
   // untyped (variadic, mixed), so onnxruntime does not check this for us.
   OrtStatus* check_types(const std::vector<const OrtValue*>& ins, size_t index_input) const {
@@ -378,20 +396,9 @@ struct Kernel {
       if (index[k] < 0 || index[k] >= L.O) return error("an index entry is not an output channel");
     const int64_t dims[4] = {xd[0], L.O, L.Ho, L.Wo};
     const float* res = nullptr;
-    if (L.residual) {
-      std::vector<int64_t> rd;
-      CEPD_RETURN_IF_ERROR(shape(ins[count - 1], rd));
-      if (rd != std::vector<int64_t>(dims, dims + 4)) return error("residual shape differs from the output's");
-      void* p = nullptr;
-      CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(ins[count - 1]), &p));
-      res = static_cast<const float*>(p);
-    }
-    OrtValue* out = nullptr;
-    CEPD_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, dims, 4, &out));
     void* x = nullptr;
     void* y = nullptr;
-    CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(ins[0]), &x));
-    CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(out, &y));
+    CEPD_RETURN_IF_ERROR(io(ctx, ins, dims, L.residual, &res, &x, &y));
     const int64_t in_n = L.I * L.H * L.W, out_n = L.O * L.Ho * L.Wo;
     std::vector<float> a, b;
     for (int64_t n = 0; n < xd[0]; ++n)
@@ -420,20 +427,9 @@ struct Kernel {
                    std::to_string(H) + ", " + std::to_string(W) + ")");
     const int64_t dims[4] = {xd[0], O, Ho, Wo};
     const float* res = nullptr;
-    if (residual) {
-      std::vector<int64_t> rd;
-      CEPD_RETURN_IF_ERROR(shape(ins[count - 1], rd));
-      if (rd != std::vector<int64_t>(dims, dims + 4)) return error("residual shape differs from the output's");
-      void* p = nullptr;
-      CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(ins[count - 1]), &p));
-      res = static_cast<const float*>(p);
-    }
-    OrtValue* out = nullptr;
-    CEPD_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, dims, 4, &out));
     void* x = nullptr;
     void* y = nullptr;
-    CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(ins[0]), &x));
-    CEPD_RETURN_IF_ERROR(api->GetTensorMutableData(out, &y));
+    CEPD_RETURN_IF_ERROR(io(ctx, ins, dims, residual, &res, &x, &y));
     if (xd[0] > 0) cepd_tts_run(handle, static_cast<const float*>(x), res, static_cast<float*>(y), int(xd[0]));
     g_runs.fetch_add(1, std::memory_order_relaxed);
     return nullptr;

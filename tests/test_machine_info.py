@@ -206,7 +206,7 @@ def test_the_plot_of_resnet50_has_the_papers_markers():
 def test_bench_rows_of_another_model_get_no_paper_figures():
     from cepd_deploy.bench.harness import Variant, _row
 
-    v = Variant("cepd461", 0.461, None, None, 0.461, 0.5)
+    v = Variant("cepd461", 0.461, None, 0.461, 0.5)
     assert _row("resnet20", v, "pynq-z1", "modelled", 1.0, {}).paper_latency_ms is None
     assert _row("resnet50", v, "pynq-z1", "modelled", 1.0, {}).paper_latency_ms == pytest.approx(88.21)
 

@@ -48,12 +48,11 @@ class Row:
 
 @dataclass
 class Variant:
-    """A model bench times: the dense model or one CEPD conversion, its Plan and its FLOPs and
-    params remaining (fractions of dense)."""
+    """A model bench times (the dense model or one CEPD conversion) as its Plan, with its FLOPs
+    and params remaining (fractions of dense)."""
 
     label: str
     target_flops: float
-    model: object
     plan: object
     flops_remaining: float
     params_remaining: float
@@ -84,7 +83,7 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
         plan = lower(model, shape)
         t = totals(plan)
         label = "dense" if f >= 1.0 else f"cepd{round(f * 1000)}{suffix}"
-        out.append(Variant(label, f, model, plan, t["flops_remaining"], t["params_remaining"]))
+        out.append(Variant(label, f, plan, t["flops_remaining"], t["params_remaining"]))
     return out
 
 
@@ -103,8 +102,8 @@ def _file_variants(path: Path, batch: int) -> list[Variant]:
     out = []
     for label, loaded in (("dense", dense), ("cepd", cepd)):
         t = totals(loaded.plan)
-        out.append(Variant(label, t["flops_remaining"], loaded.model, loaded.plan, t["flops_remaining"],
-                           t["params_remaining"]))  # fmt: skip
+        f = t["flops_remaining"]
+        out.append(Variant(label, f, loaded.plan, f, t["params_remaining"]))
     return out
 
 
