@@ -4,7 +4,9 @@ onnxruntime custom-op library builds as cepd_deploy._ort_cepd.
 
 The kernel is a plain shared library loaded with ctypes (no Python C API). Its SIMD tiles are
 compiled once per instruction set with the target set inside each source file and picked by
-cpuid at load time, so no -march flag is needed and the build runs on any x86-64.
+cpuid at load time, so no -march flag is needed and the build runs on any x86-64. Which tile
+sources build depends on the machine (:data:`TILE_SOURCES`): AVX-512, AVX2 and generic on x86-64
+(the AVX ones carry x86 target attributes), NEON and generic on AArch64, generic elsewhere.
 
 The custom-op library declares the part of onnxruntime's C API it uses itself
 (kernels/ort_abi.h: the API is a versioned, append-only table of function pointers, so the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -40,13 +43,29 @@ RECORD = "_build_record.json"  # in the cepd_deploy package: what was built, or 
 packages = find_packages(include=["cepd_deploy", "cepd_deploy.*"])
 packages += ["cepd_deploy.hw"] + [f"cepd_deploy.hw.{p}" for p in find_namespace_packages("hw")]
 
-KERNEL = ["kernels/ttsparse.cpp", "kernels/tile_avx512.cpp", "kernels/tile_avx2.cpp",
-          "kernels/tile_generic.cpp"]  # fmt: skip
+#: the kernel's tile builds per machine (ttsparse.cpp dispatches to those its machine has)
+TILE_SOURCES = {
+    "x86_64": ["kernels/tile_avx512.cpp", "kernels/tile_avx2.cpp", "kernels/tile_generic.cpp"],
+    "aarch64": ["kernels/tile_neon.cpp", "kernels/tile_generic.cpp"],
+    "other": ["kernels/tile_generic.cpp"],
+}
+#: platform.machine() spellings of the machines TILE_SOURCES names
+MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def kernel_sources(machine: str) -> list[str]:
+    """The kernel's sources for ``machine`` (``platform.machine()``)."""
+    return ["kernels/ttsparse.cpp", *TILE_SOURCES[MACHINES.get(machine.lower(), "other")]]
+
+
+KERNEL = kernel_sources(platform.machine())
 CXXFLAGS = ["-O3", "-std=c++17", "-Wno-psabi", "-fvisibility=hidden"]
 FLAGS = dict(include_dirs=["kernels"], extra_compile_args=CXXFLAGS, extra_link_args=["-pthread"],
              language="c++", optional=True)  # fmt: skip
 
-TILE = ["kernels/tile.h", "kernels/tile.inc"]
+# every machine's tile sources too, so that an sdist made on one machine builds on the others
+OTHER_TILES = sorted({src for srcs in TILE_SOURCES.values() for src in srcs} - set(KERNEL))
+TILE = ["kernels/tile.h", "kernels/tile.inc", *OTHER_TILES]
 
 ttsparse = Extension("cepd_deploy._ttsparse", sources=KERNEL, depends=TILE, **FLAGS)
 ort_cepd = Extension(ORT_EXT, sources=["kernels/ort_customop.cpp", *KERNEL],

@@ -6,7 +6,7 @@
 // the AVX2 and generic builds split the same vectors) whose B rows are read in place through
 // row offsets (no packing of activations). The tile is compiled once per instruction set
 // (tile_*.cpp, target set per file) and picked by cpuid when the library loads, so one build
-// runs on machines with and without AVX-512.
+// runs on machines with and without AVX-512. On AArch64 the builds are NEON and generic.
 // The whole chain is fused per panel of 32 pixels: each step's 6 x 32 tiles land in a small
 // per-thread panel buffer that is the next step's B (it stays in L1), the sparse branch S runs on
 // the same panel, and the last step's tile epilogue does scale, bias, the sparse scatter-add,
@@ -51,8 +51,16 @@
   void wino_in(const float*, int, size_t, int, int, int, int, int, int, int, int, float*, size_t, size_t); \
   void wino_out(const float*, size_t, int, float*);                                                      \
   }
+// The tile builds of this machine (setup.py compiles the matching tile_*.cpp): x86-64 with
+// GCC/clang: AVX-512, AVX2 and generic (SSE); AArch64: NEON and generic; else generic only.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define CEPD_X86_TILES 1
 CEPD_DECLARE_ISA(cepd_tile_avx512)
 CEPD_DECLARE_ISA(cepd_tile_avx2)
+#elif defined(__aarch64__)
+#define CEPD_NEON_TILES 1
+CEPD_DECLARE_ISA(cepd_tile_neon)
+#endif
 CEPD_DECLARE_ISA(cepd_tile_generic)
 
 namespace {
@@ -67,6 +75,8 @@ using cepd::NR;
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
 #endif
 }
 
@@ -212,11 +222,15 @@ Packed pack(const float* a, int M, int K) {
 }
 
 // The register tile, one build per instruction set (tile_*.cpp), picked by cpuid once.
-int detect_isa() {  // 2: AVX-512F, 1: AVX2 + FMA, 0: other
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+// x86-64: 2 AVX-512F (+ VL), 1 AVX2 + FMA, 0 generic. AArch64: 1 NEON (Advanced SIMD is part of
+// every AArch64 CPU), 0 generic.
+int detect_isa() {
+#if defined(CEPD_X86_TILES)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#elif defined(CEPD_NEON_TILES)
+  return 1;
 #endif
   return 0;
 }
@@ -233,6 +247,7 @@ struct Isa {
 
 Isa isa_for(int level) {
   switch (level) {
+#if defined(CEPD_X86_TILES)
     case 2:
       return Isa{&cepd_tile_avx512::tile, &cepd_tile_avx512::finish, &cepd_tile_avx512::tile_finish,
                  &cepd_tile_avx512::copy_rows, &cepd_tile_avx512::split2,
@@ -241,6 +256,12 @@ Isa isa_for(int level) {
       return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish,
                  &cepd_tile_avx2::copy_rows, &cepd_tile_avx2::split2,
                  &cepd_tile_avx2::wino_in, &cepd_tile_avx2::wino_out};
+#elif defined(CEPD_NEON_TILES)
+    case 1:
+      return Isa{&cepd_tile_neon::tile, &cepd_tile_neon::finish, &cepd_tile_neon::tile_finish,
+                 &cepd_tile_neon::copy_rows, &cepd_tile_neon::split2,
+                 &cepd_tile_neon::wino_in, &cepd_tile_neon::wino_out};
+#endif
     default:
       return Isa{&cepd_tile_generic::tile, &cepd_tile_generic::finish, &cepd_tile_generic::tile_finish,
                  &cepd_tile_generic::copy_rows, &cepd_tile_generic::split2,
@@ -684,14 +705,58 @@ void wino_out(Layer& L) {
   });
 }
 
-// One image.
-void run_image(Layer& L, const float* xb, const float* res, float* y) {
-  const size_t hw = size_t(L.hb) * L.wb, out_hw = size_t(L.Ho) * L.Wo;
+Epilogue epilogue(const Layer& L) {
   Epilogue e;
   e.scale = L.scale.empty() ? nullptr : L.scale.data();
   e.bias = L.bias.empty() ? nullptr : L.bias.data();
   e.srow = L.kappa ? L.srow.data() : nullptr;
   e.act = L.act;
+  return e;
+}
+
+// Whether every step and S are pointwise and read x in place (no planes, no Winograd, no
+// subsample): the layer is one pass over pixels, and a batch's panels can share one dispatch.
+bool in_place_pointwise(const Layer& L) {
+  return L.ci < 0 && L.xplanes.empty() && !L.wino && L.sub_h == 1 && L.sub_w == 1;
+}
+
+// Panels of a layer with few of them (fewer than this per image: 4 per thread) run stepwise.
+int few_panels() { return 4 * pool().size(); }
+
+// An all-pointwise layer on n images (x, res, y: the first image's; images in_n / out_n apart; x
+// with n = 1 may be the subsampled copy) in one pool dispatch, tasks = (image, panel) in order, or
+// (image, panel, half of the row blocks) for one GEMM without S (a dense 1x1 conv), so an odd
+// number of panels does not leave a thread idle for a whole panel at the end. The caller checks
+// that there are enough panels (few_panels).
+void pointwise_panels(Layer& L, const float* x, const float* res, float* y, int n) {
+  const size_t hw = size_t(L.hb) * L.wb, in_n = size_t(L.I) * L.H * L.W, out_n = size_t(L.O) * L.Ho * L.Wo;
+  const Epilogue e = epilogue(L);
+  const int nsteps = int(L.steps.size()), np = int((hw + NR - 1) / NR);
+  const int halves = nsteps == 1 && !L.kappa && L.steps[0].w.blocks() > 1 ? 2 : 1;
+  pool().run(n * np * halves, [&](int t) {
+    const int b = t / (np * halves), p = t / halves % np, nb = L.steps[0].w.blocks();
+    const float* xb = x + b * in_n;
+    Sink out;
+    out.y = y + b * out_n, out.res = res ? res + b * out_n : nullptr, out.e = &e, out.out_hw = out_n / L.O;
+    const size_t n0 = size_t(p) * NR;
+    const int cols = int(std::min<size_t>(NR, hw - n0));
+    Src src{xb + n0, L.roff_x.data()};
+    if (cols < NR) {  // a tail: packed into this thread's scratch
+      float* tail = thread_scratch(layer_scratch(L)) + 4 * size_t(L.max_rows) * NR;
+      pack_tail(Src{xb, L.roff_x.data()}, L.I, n0, cols, tail);
+      src = Src{tail, L.roff_nr.data()};
+    }
+    if (halves == 1) return chain(L, 0, nsteps, src, L.kappa ? src : Src{nullptr, nullptr}, n0, cols, out);
+    const int h = t % halves;
+    step_to_sink(L.steps[0].w, src, n0, cols, out, thread_scratch(layer_scratch(L)) + 3 * size_t(L.max_rows) * NR,
+                 nb * h / halves, nb * (h + 1) / halves);
+  });
+}
+
+// One image.
+void run_image(Layer& L, const float* xb, const float* res, float* y) {
+  const size_t hw = size_t(L.hb) * L.wb, out_hw = size_t(L.Ho) * L.Wo;
+  const Epilogue e = epilogue(L);
   const int nsteps = int(L.steps.size());
   const float* x = xb;
   if (L.sub_h > 1 || L.sub_w > 1) {  // subsample (parallel over channel chunks)
@@ -715,8 +780,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     pack_tail(Src{x, L.roff_x.data()}, K, n0, cols, tail);
     return Src{tail, L.roff_nr.data()};
   };
-  const int few = 4 * pool().size();  // fewer panels than this: run stepwise
-  auto use_stepwise = [&](int np) { return np < few; };
+  auto use_stepwise = [&](int np) { return np < few_panels(); };
   const std::function<Src(size_t, int)> x_of = [&](size_t n0, int cols) {
     float* tail = nullptr;
     return in_place(n0, cols, L.I, tail);
@@ -725,21 +789,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
   if (L.ci < 0 && L.xplanes.empty() && !L.wino) {  // all pointwise: one pass over pixels
     const int np = int((hw + NR - 1) / NR);
     if (use_stepwise(np)) return stepwise(L, 0, nsteps, x_of, L.kappa ? &xs_of : nullptr, hw, out);
-    // one GEMM and no S (a dense 1x1 conv): tasks are half panels (half the row blocks each), so
-    // an odd number of panels does not leave a thread idle for a whole panel at the end
-    const int halves = nsteps == 1 && !L.kappa && L.steps[0].w.blocks() > 1 ? 2 : 1;
-    pool().run(np * halves, [&](int t) {
-      const int p = t / halves, nb = L.steps[0].w.blocks();
-      const size_t n0 = size_t(p) * NR;
-      const int cols = int(std::min<size_t>(NR, hw - n0));
-      float* tail = nullptr;
-      Src src = in_place(n0, cols, L.I, tail);
-      if (halves == 1) return chain(L, 0, nsteps, src, L.kappa ? src : Src{nullptr, nullptr}, n0, cols, out);
-      const int h = t % halves;
-      step_to_sink(L.steps[0].w, src, n0, cols, out, thread_scratch(layer_scratch(L)) + 3 * size_t(L.max_rows) * NR,
-                   nb * h / halves, nb * (h + 1) / halves);
-    });
-    return;
+    return pointwise_panels(L, x, res, y, 1);  // x: the image, or its subsampled copy
   }
   // pass A: the pointwise steps before the windowed one (per input panel), planes of x (chunks
   // of channels) or S's Winograd products (per panel of tiles and row of B^T)
@@ -857,15 +907,29 @@ CEPD_API void cepd_tts_set_threads(int n) { pool().resize(n); }
 
 CEPD_API int cepd_tts_threads() { return pool().size(); }
 
-CEPD_API int cepd_tts_isa() { return isa_level; }  // the tile in use: 2 AVX-512, 1 AVX2, 0 generic
+// The tile in use: x86-64 2 AVX-512, 1 AVX2, 0 generic; AArch64 1 NEON, 0 generic.
+CEPD_API int cepd_tts_isa() { return isa_level; }
 
 // The tile builds compiled for their instruction set, one bit per level (1 << level): all three on
-// x86-64 with GCC/clang, else the generic one only (tile_avx*.cpp then build as generic code).
+// x86-64 with GCC/clang, NEON and generic on AArch64, else the generic one only.
 CEPD_API int cepd_tts_isa_builds() {
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#if defined(CEPD_X86_TILES)
   return 0b111;
+#elif defined(CEPD_NEON_TILES)
+  return 0b011;
 #else
   return 0b001;
+#endif
+}
+
+// The names of the tile builds by level, space-separated (cepd_deploy.native.ISAS on this machine).
+CEPD_API const char* cepd_tts_isa_names() {
+#if defined(CEPD_X86_TILES)
+  return "scalar avx2 avx512f";
+#elif defined(CEPD_NEON_TILES)
+  return "scalar neon";
+#else
+  return "scalar";
 #endif
 }
 
@@ -893,6 +957,14 @@ CEPD_API int cepd_tts_run(void* handle, const float* x, const float* residual, f
   if (L.steps.empty() || (L.ci < 0 && (!L.xplanes.empty() || L.wino))) return -1;
   std::lock_guard<std::mutex> lock(L.mu);
   const size_t in_n = size_t(L.I) * L.H * L.W, out_n = size_t(L.O) * L.Ho * L.Wo;
+  const int np = int((size_t(L.hb) * L.wb + NR - 1) / NR);
+  // an all-pointwise layer: the batch's panels in one dispatch (at 14 x 14 and 7 x 7 an image
+  // alone has too few panels and runs stepwise, one dispatch per step); other layers keep
+  // per-image state (planes, Winograd products) and run image after image
+  if (n > 1 && in_place_pointwise(L) && n * np >= few_panels()) {
+    pointwise_panels(L, x, L.residual ? residual : nullptr, y, n);
+    return 0;
+  }
   for (int b = 0; b < n; ++b)
     run_image(L, x + b * in_n, L.residual ? residual + b * out_n : nullptr, y + b * out_n);
   return 0;

@@ -17,15 +17,31 @@ import cepd_deploy
 from cepd_deploy import lower
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import node_macs, plan_macs
-from cepd_deploy.plan.ir import WEIGHTED, Op
+from cepd_deploy.plan.ir import (
+    WEIGHTED,
+    ActAttrs,
+    ConvAttrs,
+    Epilogue,
+    NoAttrs,
+    NormAttrs,
+    Op,
+    PadAttrs,
+    Plan,
+    PoolAttrs,
+    ResizeAttrs,
+    SliceAttrs,
+)
+from cepd_deploy.plan.verify import verify
 from cepd_deploy.targets import eyeriss
 from cepd_deploy.targets.base import Kind
-from cepd_deploy.targets.eyeriss import mapper
+from cepd_deploy.targets.eyeriss import mapper, simulator
 from cepd_deploy.targets.eyeriss.mapper import PARAMS, TIE, Mapping, cost_of, evaluate, search
 from cepd_deploy.targets.eyeriss.problem import ConvProblem, ceil_div, conv_problem
 from cepd_deploy.targets.eyeriss.report import plot, table
-from cepd_deploy.targets.eyeriss.simulator import HANDLERS, rlc_ratio
-from cepd_deploy.targets.eyeriss.spec import load_spec
+from cepd_deploy.targets.eyeriss.schedule import output_fusions, zero_fractions
+from cepd_deploy.targets.eyeriss.simulator import ACT_OPS, HANDLERS, resize_sources, rlc_ratio
+from cepd_deploy.targets.eyeriss.spec import Constraint, load_spec
+from tests.plans import _Builder, modern_plan
 
 V1 = load_spec("eyeriss_v1")
 SCALED = load_spec("eyeriss_scaled")
@@ -100,7 +116,7 @@ def test_target_covers_every_op():
 
 
 def test_plans_cover_the_ops_they_should(dense_plan, unfused_plan, cepd_plans):
-    seen = {n.op for p in (dense_plan, unfused_plan, *cepd_plans.values()) for n in p}
+    seen = {n.op for p in (dense_plan, unfused_plan, *cepd_plans.values(), modern_plan()) for n in p}
     assert seen == set(Op)  # so the simulate tests below exercise every handler
 
 
@@ -218,17 +234,24 @@ def _exhaustive(p: ConvProblem, spec) -> dict[str, float]:
                         continue
                     if t > ceil_div(p.m, pp) or r > ceil_div(p.c, qq):
                         continue
-                    tiles = itertools.product(range(pp * t, p.m + pp * t, pp * t),
-                                              range(e * se, p.e + e * se, e * se), range(b, p.n + b, b))
-                    found += [(sr, e, se, t, r, g, b, pp, qq, min(mt, p.m), min(nt, p.n), min(et, p.e))
-                              for mt, et, nt in tiles]
+                    tiles = itertools.product(
+                        range(pp * t, p.m + pp * t, pp * t),
+                        range(e * se, p.e + e * se, e * se),
+                        range(b, p.n + b, b),
+                    )
+                    found += [
+                        (sr, e, se, t, r, g, b, pp, qq, min(mt, p.m), min(nt, p.n), min(et, p.e))
+                        for mt, et, nt in tiles
+                    ]
     table = np.array(found, dtype=np.int64)
     cost = evaluate(p, spec, {k: table[:, i] for i, k in enumerate(PARAMS)})
     return {k: float(np.where(cost["fits"], cost[k], np.inf).min()) for k in ("cycles", "energy")}
 
 
-SMALL = [ConvProblem(4, 1, 3, 8, 19, 19, 5, 5, 4, 4, 4, 4),
-         ConvProblem(2, 2, 6, 10, 9, 9, 3, 3, 7, 7, pad_words=32)]
+SMALL = [
+    ConvProblem(4, 1, 3, 8, 19, 19, 5, 5, 4, 4, 4, 4),
+    ConvProblem(2, 2, 6, 10, 9, 9, 3, 3, 7, 7, pad_words=32),
+]
 
 
 @pytest.mark.parametrize("problem", SMALL)
@@ -265,9 +288,9 @@ REQUIRED = {"name", "kind", "latency_ms", "active_pes", "dram_bytes", "energy", 
             "accesses", "energy_by_level"}  # fmt: skip
 
 
-@pytest.mark.parametrize("which", ["dense", "unfused", "o-k-i", "eq9"])
+@pytest.mark.parametrize("which", ["dense", "unfused", "o-k-i", "eq9", "modern"])
 def test_simulate_every_plan_and_report_json(which, dense_plan, unfused_plan, cepd_plans):
-    plan = {"dense": dense_plan, "unfused": unfused_plan, **cepd_plans}[which]
+    plan = {"dense": dense_plan, "unfused": unfused_plan, "modern": modern_plan(), **cepd_plans}[which]
     result = eyeriss.simulate(plan, V1)
     doc = json.loads(json.dumps(result.to_json()))
     assert [row["name"] for row in doc["layers"]] == [n.name for n in plan]
@@ -276,7 +299,9 @@ def test_simulate_every_plan_and_report_json(which, dense_plan, unfused_plan, ce
         assert set(row["accesses"]) == {"dram", "glb", "array", "rf"}
         assert row["latency_ms"] >= 0 and 0 <= row["utilisation"] <= 1
         assert row["energy"] == pytest.approx(sum(row["energy_by_level"].values()))
-        if row["kind"] not in ("view",):
+        if row.get("fused_into"):  # on its producer's output path: ALU energy, no PEs of its own
+            assert row["energy"] > 0 and row["active_pes"] == 0
+        elif row["kind"] not in ("view",):
             assert row["latency_ms"] > 0 and row["energy"] > 0  # cheap, never free
     t = doc["totals"]
     assert t["latency_ms"] == pytest.approx(sum(r["latency_ms"] for r in doc["layers"]))
@@ -374,3 +399,267 @@ def test_mapping_search_output_is_deterministic():
     mapper._search.cache_clear()
     b = search(PROBLEMS["odd ranks"], V1, "latency")
     assert a[0] == b[0] and np.isclose(a[1]["cycles"], b[1]["cycles"])
+
+
+# -- the modern-network ops (issue 19): access counts from the shapes ------------------------
+RAW = dataclasses.replace(V1, dram=dataclasses.replace(V1.dram, compression="none"))  # 1 DRAM word / value
+
+
+@pytest.fixture(scope="module")
+def modern():
+    plan = modern_plan()
+    return plan, eyeriss.simulate(plan, RAW)
+
+
+def _acc(row) -> tuple:
+    return tuple(row.accesses[k] for k in ("dram", "glb", "array", "rf"))
+
+
+def test_copies_move_the_elements_they_output(modern):
+    _, result = modern
+    # PAD 8x8 -> 10x10 (8 channels): 512 in, 800 out (the border made on chip); the GLB takes the
+    # input from DRAM, sends it to the PEs, takes the padded map back, sends it to DRAM
+    assert _acc(result.layer("pad")) == (512 + 800, 512 + 512 + 800 + 800, 512 + 800, 0)
+    # SLICE channels [0, 3) and [3, 8) of an 8x8 map: only the kept channels move, in and out
+    for name, kept in (("lo", 3 * 64), ("hi", 5 * 64)):
+        assert _acc(result.layer(name)) == (2 * kept, 4 * kept, 2 * kept, 0)
+    # nearest 12x12 -> 6x6 samples rows and columns 0, 2, ..., 10: 36 of 144 pixels come in
+    assert _acc(result.layer("down")) == (288 + 288, 4 * 288, 2 * 288, 0)
+    # bilinear 8x8 -> 12x12 reads all 64 pixels once from DRAM, four taps per output from the GLB,
+    # four multiply-adds per output (3 RF accesses each)
+    out = 8 * 144
+    assert _acc(result.layer("up")) == (512 + out, 512 + 4 * out + out + out, 4 * out + out, 3 * 4 * out)
+    # align_corners 6x6 -> 9x9: every source row and column is a tap
+    out = 8 * 81
+    assert _acc(result.layer("corners")) == (288 + out, 288 + 4 * out + 2 * out, 5 * out, 3 * 4 * out)
+
+
+def test_a_strided_1x1_pool_reads_only_the_pixels_it_keeps():
+    b = _Builder(0)
+    b.shapes["x"] = (1, 8, 8, 8)
+    b.add(Op.MAXPOOL, "sub", ("x",), (1, 8, 4, 4), attrs=PoolAttrs((1, 1), (2, 2)))  # a CEPD subsample
+    b.add(Op.MAXPOOL, "pool", ("x",), (1, 8, 3, 3), attrs=PoolAttrs((3, 3), (2, 2)))  # rows 0-6
+    b.add(Op.ADD, "both", ("x", "x"), (1, 8, 8, 8))
+    plan = Plan("x", (1, 8, 8, 8), "both", b.nodes, b.consts)
+    verify(plan)
+    result = eyeriss.simulate(plan, RAW)
+    # 16 of each channel's 64 pixels in, 16 out, one op each
+    assert _acc(result.layer("sub")) == (128 + 128, 4 * 128, 2 * 128, 3 * 128)
+    # a 3x3 window at stride 2 on 8 pixels covers 0-6: 49 of 64 in, 9 out, 9 ops each
+    assert _acc(result.layer("pool")) == (392 + 72, 2 * 392 + 2 * 72, 392 + 72, 3 * 9 * 72)
+
+
+def test_resize_sources_follow_torch():
+    nearest, half, corners = (ResizeAttrs((0, 0), m, a) for m, a in
+                              (("nearest", False), ("bilinear", False), ("bilinear", True)))  # fmt: skip
+    assert resize_sources(12, 6, nearest) == [(0,), (2,), (4,), (6,), (8,), (10,)]
+    assert resize_sources(3, 7, nearest) == [(0,), (0,), (0,), (1,), (1,), (2,), (2,)]
+    # half-pixel: src = (d + 0.5) * 4 / 2 - 0.5 = 0.5, 2.5
+    assert resize_sources(4, 2, half) == [(0, 1), (2, 3)]
+    assert resize_sources(2, 4, half)[0] == (0, 1) and resize_sources(2, 4, half)[-1] == (1, 1)
+    assert resize_sources(6, 9, corners)[-1] == (5, 5) and resize_sources(6, 9, corners)[4] == (2, 3)
+
+
+def test_mul_reads_both_operands_and_layernorm_reads_twice_from_the_glb(modern):
+    _, result = modern
+    # same-shape MUL: both 512-value operands in, the product out, one multiply per output
+    assert _acc(result.layer("mul")) == (3 * 512, 2 * 1024 + 512 + 512, 1024 + 512, 3 * 512)
+    # broadcast MUL (squeeze-excitation; its big operand is read by the pooling too, and the gate
+    # depends on all of it, so nothing fuses): the 512 values and the 8-value gate
+    assert _acc(result.layer("se")) == (520 + 512, 2 * 520 + 512 + 512, 520 + 512, 3 * 512)
+    # LAYERNORM over 8 channels at 64 positions: DRAM once, the GLB twice (statistics, normalise),
+    # scale and shift (16 words) straight into the spads; 5 ops per value + 4 per position
+    ops = 5 * 512 + 4 * 64
+    assert _acc(result.layer("ln")) == (512 + 512 + 16, 512 + 2 * 512 + 512 + 512, 2 * 512 + 512 + 16,
+                                        3 * ops + 16)  # fmt: skip
+    assert result.layer("ln").energy_by_level["mac"] == ops * RAW.mac_energy_rel
+
+
+def test_layernorm_wider_than_the_glb_reads_dram_twice():
+    b = _Builder(0)
+    b.shapes["x"] = (1, 8, 4, 4)
+    scale, shift = b.const("s", (8,), 0.1, 1.0), b.const("t", (8,))
+    b.add(Op.LAYERNORM, "ln", ("x",), (1, 8, 4, 4), attrs=NormAttrs(), weights=(scale, shift))
+    plan = Plan("x", (1, 8, 4, 4), "ln", b.nodes, b.consts)
+    verify(plan)
+    fits = eyeriss.simulate(plan, RAW).layer("ln")
+    assert fits.accesses["dram"] == 128 + 128 + 16
+    tiny = dataclasses.replace(RAW, glb=dataclasses.replace(RAW.glb, usable_kib=4 * 2 / 1024))  # 4 words
+    row = eyeriss.simulate(plan, tiny).layer("ln")
+    assert row.accesses["dram"] == 2 * 128 + 128 + 16 and row.accesses["glb"] == fits.accesses["glb"] + 128
+
+
+def test_activations_fuse_into_the_output_path(modern):
+    plan, result = modern
+    # conv -> SiLU and se.fc -> hardsigmoid: the conv writes the activated map; slices -> GELU /
+    # hardswish; LAYERNORM -> PReLU -> leaky ReLU (a chain, all on the normalise pass's way out)
+    fused = output_fusions(plan)
+    assert fused == {"silu": "conv", "gate": "se.fc", "gelu": "lo", "hardswish": "hi", "prelu": "ln",
+                     "leaky": "ln"}  # fmt: skip
+    for name, producer in fused.items():
+        row, node = result.layer(name), next(n for n in plan if n.name == name)
+        ops = math.prod(node.out_shape) * ACT_OPS[node.attrs.kind]
+        slopes = 8 if node.attrs.kind == "prelu" else 0  # loaded like filters
+        assert _acc(row) == (slopes, 0, slopes, 3 * ops + slopes) and row.extra["fused_into"] == producer
+        assert row.energy_by_level["mac"] == ops
+    # the producer writes the final value once: the conv's 512 outputs, the LN's 512
+    assert result.layer("conv").extra["dram_words"]["ofmap"] == 512
+    # tanh and sigmoid read a value two ops read: passes of 3 ops per output
+    for name in ("tanh", "sigmoid"):
+        assert _acc(result.layer(name)) == (1024, 2048, 1024, 3 * 3 * 512)
+
+
+def _gated_plan() -> Plan:
+    """x -> conv+ReLU -> {tanh, sigmoid, pad, nearest/bilinear resize, mul} -> 1x1 convs; and a
+    conv whose output is scaled by a vector computed before it (a fusable broadcast MUL)."""
+    b = _Builder(1)
+    b.shapes["x"] = (1, 8, 8, 8)
+    w = b.const("w", (8, 8, 1, 1))
+    conv = dict(weights=(w,), attrs=ConvAttrs((1, 1), cin=8, cout=8))
+    r = b.add(Op.CONV, "r", ("x",), (1, 8, 8, 8), epilogue=Epilogue(act="relu"), **conv)
+    outs = [
+        b.add(Op.ACT, "tanh", (r,), (1, 8, 8, 8), attrs=ActAttrs("tanh")),
+        b.add(Op.ACT, "sigmoid", (r,), (1, 8, 8, 8), attrs=ActAttrs("sigmoid")),
+        b.add(Op.PAD, "pad", (r,), (1, 8, 10, 10), attrs=PadAttrs((1, 1, 1, 1))),
+        b.add(Op.RESIZE, "near", (r,), (1, 8, 16, 16), attrs=ResizeAttrs((16, 16))),
+        b.add(Op.RESIZE, "bil", (r,), (1, 8, 16, 16), attrs=ResizeAttrs((16, 16), "bilinear")),
+        b.add(Op.MUL, "mul", (r, r), (1, 8, 8, 8), attrs=NoAttrs()),
+    ]
+    for i, x in enumerate(outs):
+        b.add(Op.CONV, f"c{i}", (x,), (1, 8, *b.shapes[x][2:]), **conv)
+    g = b.add(Op.GLOBAL_AVGPOOL, "gap", ("x",), (1, 8, 1, 1))
+    v = b.add(Op.ACT, "v", (g,), (1, 8, 1, 1), attrs=ActAttrs("sigmoid"))
+    late = b.add(Op.CONV, "late", (r,), (1, 8, 8, 8), **conv)
+    b.add(Op.MUL, "scaled", (late, v), (1, 8, 8, 8), attrs=NoAttrs())
+    head = b.add(Op.SLICE, "head", ("scaled",), (1, 4, 8, 8), attrs=SliceAttrs(0, 4))
+    plan = Plan("x", (1, 8, 8, 8), head, b.nodes, b.consts)
+    verify(plan)
+    return plan
+
+
+def test_zero_gating_follows_what_each_op_does_to_zeros():
+    plan = _gated_plan()
+    z = zero_fractions(plan, 0.5)
+    # tanh(0) = 0 keeps the ReLU's zeros; sigmoid(0) = 0.5 makes a dense map; the pad adds its
+    # 36-pixel border per channel; nearest copies; bilinear blends are taken as dense; a product
+    # is zero where either factor is
+    assert (z["r"], z["tanh"], z["sigmoid"]) == (0.5, 0.5, 0.0)
+    assert z["pad"] == pytest.approx((0.5 * 64 + 36) / 100)
+    assert (z["near"], z["bil"], z["mul"]) == (0.5, 0.0, 0.75)
+    result = eyeriss.simulate(plan, V1, zeros=0.5)
+    convs = [result.layer(f"c{i}") for i in range(6)]
+    # zero gating: the MAC energy of each 1x1 conv follows its ifmap's zeros
+    for row, value in zip(convs, ("tanh", "sigmoid", "pad", "near", "bil", "mul")):
+        assert row.energy_by_level["mac"] == pytest.approx(row.macs * (1 - z[value])), value
+    # a broadcast MUL whose vector exists before the conv runs is applied on the conv's way out:
+    # it loads the 8-value vector and multiplies each of the 512 outputs
+    fused = result.layer("scaled")
+    assert fused.extra["fused_into"] == "late"
+    assert _acc(fused) == (8, 16, 8, 3 * 512)
+    assert result.layer("late").extra["dram_words"]["ofmap"] == 512  # it writes the product
+
+
+# -- issue 23: the TT chain in the GLB, output-width tiles, mapping constraints ----------------
+def test_the_tt_chain_stays_in_the_glb(cepd_plans, monkeypatch):
+    plan = cepd_plans["o-k-i"]
+    for spec in (V1, SCALED):
+        kept = eyeriss.simulate(plan, spec)
+        chained = []
+        for block in plan.blocks():
+            t0, t1, t2 = block.steps
+            rows = [kept.layer(n.name) for n in (t0, t1, t2)]
+            in_glb = [r.mapping.get("in_glb") for r in rows]
+            if "stacked_with" not in rows[0].mapping:
+                # c1: t0 leaves its output in the GLB, t1 reads it there and leaves its own, t2 reads that
+                assert in_glb == [["ofmap"], ["ifmap", "ofmap"], ["ifmap"]]
+                assert rows[1].extra["dram_words"]["ifmap"] == rows[1].extra["dram_words"]["ofmap"] == 0
+                chained.append(t0.output)
+            else:  # c2 and c3: t0 runs stacked with the other block's t0, so its output goes to DRAM
+                assert {t0.name, *rows[0].mapping["stacked_with"]} >= {"c2.t0", "c3.t0"}
+                assert in_glb == [None, ["ofmap"], ["ifmap"]]
+            assert rows[2].extra["dram_words"]["ifmap"] == rows[2].extra["glb_words"]["ifmap_writes"] == 0
+            chained.append(t1.output)
+        monkeypatch.setattr(simulator, "chain_residency", lambda ctx: frozenset())
+        through_dram = eyeriss.simulate(plan, spec)
+        monkeypatch.undo()
+        assert not any((r.mapping or {}).get("in_glb") for r in through_dram.layers)
+        # each kept intermediate (no ReLU: one DRAM word per value) saves one write and one read
+        words = sum(math.prod(n.out_shape) for n in plan if n.output in chained)
+        assert through_dram.totals["accesses"]["dram"] - kept.totals["accesses"]["dram"] == 2 * words
+        assert kept.totals["latency_ms"] <= through_dram.totals["latency_ms"]
+        assert kept.totals["energy"] < through_dram.totals["energy"]
+
+
+def test_the_chain_keeps_only_what_fits_the_glb(cepd_plans):
+    plan = cepd_plans["o-k-i"]
+    # 1,536 words: below the smallest intermediate (7 x 16 x 16 = 1,792), so all go through DRAM
+    small = dataclasses.replace(V1, glb=dataclasses.replace(V1.glb, usable_kib=3))
+    assert not any((r.mapping or {}).get("in_glb") for r in eyeriss.simulate(plan, small).layers)
+
+
+def test_a_fused_scatter_streams_while_its_producer_computes(cepd_plans):
+    plan = cepd_plans["o-k-i"]
+    for spec in (V1, SCALED):
+        result = eyeriss.simulate(plan, spec)
+        for node in (n for n in plan if n.op is Op.SCATTER_ADD):
+            row = result.layer(node.name)
+            prod = result.layer(next(n.name for n in plan if n.output == node.inputs[0]))
+            dram = row.accesses["dram"] / spec.dram_words_per_cycle
+            if spec.dram.overlaps_processing:  # the pair takes as long as one op doing both
+                w = prod.extra["dram_words"]
+                both = spec.transfer_cycles(prod.processing_cycles + row.processing_cycles,
+                                            w["ifmap"] + w["ofmap"] + w["residual"] + row.accesses["dram"],
+                                            w["filters"])  # fmt: skip
+                assert prod.cycles + row.cycles == pytest.approx(max(both, prod.cycles))
+                assert row.cycles < dram
+            else:  # the chip waits for every activation transfer
+                assert row.cycles == pytest.approx(row.processing_cycles + dram)
+
+
+# VGG-16 CONV1-2 at batch 3: the layer where a ZigZag comparison found a 14% faster mapping
+CONV1_2 = ConvProblem(3, 1, 64, 64, 226, 226, 3, 3, 224, 224, pad_words=226 * 226 - 224 * 224)
+
+
+def _constrained(*rules: Constraint):
+    return dataclasses.replace(V1, constraints=rules)
+
+
+def test_width_tiles_are_tried_even_when_whole_rows_fit():
+    whole_rows, whole = search(CONV1_2, _constrained(Constraint((("width_tiles", 1, 1),))))
+    mapping, cost = search(CONV1_2, V1)
+    assert whole_rows.width_tiles == 1 < mapping.width_tiles
+    assert cost["processing_cycles"] <= 0.9 * whole["processing_cycles"]  # 191 ms against 217 ms
+    assert cost["cycles"] < whole["cycles"]
+    _check_mapping(CONV1_2, V1, mapping, cost)
+
+
+def test_constraints_pin_the_published_mapping():
+    chip = Mapping(3, 13, 1, 4, 1, 1, 1, 16, 4, 64, 4, 13)
+    pins = Constraint(tuple((k, v, v) for k, v in chip.as_dict().items()))
+    mapping, cost = search(CONV3, _constrained(pins))
+    assert mapping == chip
+    assert cost["cycles"] == pytest.approx(cost_of(CONV3, V1, chip)["cycles"])
+
+
+@pytest.mark.parametrize("name", ["3x3", "1x1 strided", "grouped", "odd ranks", "wide"])
+def test_constraints_bound_the_search_where_they_apply(name):
+    problem = PROBLEMS[name]
+    free_mapping, free = search(problem, V1)
+    mapping, cost = search(problem, _constrained(Constraint((("psum_channels", None, 1),))))
+    _check_mapping(problem, V1, mapping, cost)
+    assert mapping.q * mapping.channel_sets == 1
+    assert cost["cycles"] * (1 + TIE) >= free["cycles"]  # a subset of the mappings never does better
+    # a rule whose `when` does not match changes nothing
+    elsewhere = Constraint((("psum_channels", None, 1),), when=(("e", problem.e + 1, None),))
+    assert search(problem, _constrained(elsewhere))[0] == free_mapping
+
+
+def test_a_minimum_beyond_the_layer_is_the_layer():
+    problem = PROBLEMS["odd ranks"]  # 13 filters: p >= 16 means all 13 in each PE
+    assert search(problem, _constrained(Constraint((("p", 16, None),))))[0].p == 13
+
+
+def test_impossible_constraints_are_one_line_errors():
+    with pytest.raises(CEPDError, match="within its mapping constraints") as info:
+        search(CONV3, _constrained(Constraint((("p", 100, 100),))))  # the psum spad holds 24
+    assert "\n" not in str(info.value)

@@ -38,7 +38,7 @@ def test_json_with_options(capsys, tmp_path):
         (["simulate", "resnet20", "--target", "nope"], "unknown target 'nope'"),
         (["simulate", "resnet20", "--target", "onnxruntime"], "onnxruntime"),
         (["simulate", "resnet20", "--spec", "eyeriss_v9"], "unknown Eyeriss spec"),
-        (["simulate", "no_such_model"], "neither a model file nor a zoo model"),
+        (["simulate", "no_such_model"], "is neither a model file"),
         (["simulate", "resnet20", "--plot", "/no/such/dir/x.png"], "output folder does not exist"),
     ],
 )

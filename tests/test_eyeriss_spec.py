@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import yaml
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.targets.eyeriss.spec import LEVELS, load_spec, parse_spec, presets, spec_path
+from cepd_deploy.targets.eyeriss.spec import LEVELS, Constraint, load_spec, parse_spec, presets, spec_path
 
 
 def _raw(name: str = "eyeriss_v1") -> dict:
@@ -29,7 +30,7 @@ def test_every_shipped_spec_loads(name):
 
 
 def test_presets_include_the_chip_and_a_scaled_one():
-    assert {"eyeriss_v1", "eyeriss_scaled"} <= set(presets())
+    assert {"eyeriss_v1", "eyeriss_v1_chip", "eyeriss_scaled"} <= set(presets())
     assert load_spec("eyeriss_scaled").peak_gmacs > load_spec("eyeriss_v1").peak_gmacs
 
 
@@ -44,6 +45,30 @@ def test_eyeriss_v1_is_the_published_chip():
     assert energies == (200, 6, 2, 1, 1)
     assert s.peak_gmacs == pytest.approx(33.6)  # 168 PEs x 200 MHz
     assert s.glb_words == 100 * 1024 // 2  # 100 KB of 16-bit words hold ifmaps and psums
+
+
+def test_the_chip_preset_is_eyeriss_v1_with_mapping_constraints():
+    chip, v1 = load_spec("eyeriss_v1_chip"), load_spec("eyeriss_v1")
+    assert not v1.constraints and not load_spec("eyeriss_scaled").constraints  # the free search
+    assert dataclasses.replace(chip, name=v1.name, source=v1.source, constraints=()) == v1
+    # psum_channels x ceil(e / 14) <= 8, at least 1: one rule per band of output heights
+    assert chip.constraints == (
+        Constraint((("psum_channels", 1, 1),), (("e", 57, None),)),
+        Constraint((("psum_channels", None, 2),), (("e", 29, 56),)),
+        Constraint((("psum_channels", None, 4),), (("e", 15, 28),)),
+        Constraint((("psum_channels", None, 8),), (("e", None, 14),)),
+    )
+
+
+def test_constraints_parse_pins_and_ranges():
+    data = _raw()
+    data["constraints"] = [{"p": 16, "q": {"max": 4}, "when": {"c": {"min": 3}, "r": 3}},
+                           {"e_tile": {"min": 2}}]  # fmt: skip
+    spec = parse_spec(data)
+    assert spec.constraints == (Constraint((("p", 16, 16), ("q", None, 4)), (("c", 3, None), ("r", 3, 3))),
+                                Constraint((("e_tile", 2, None),)))  # fmt: skip
+    assert spec.constraints[0].applies(dataclasses.make_dataclass("P", ["c", "r"])(5, 3))
+    assert not spec.constraints[0].applies(dataclasses.make_dataclass("P", ["c", "r"])(2, 3))
 
 
 def test_default_and_path_and_instance(tmp_path):
@@ -77,6 +102,20 @@ BAD = {
     "level order": (lambda d: d["levels"].reverse(), "levels"),
     "version": (lambda d: d.update(version=2), "version"),
     "usable > size": (lambda d: _level(d, "glb").update(usable_kib=200), "glb.usable_kib"),
+    # mapping constraints (a list of rules; see hw/eyeriss/eyeriss_v1_chip.yaml)
+    "constraints not a list": (lambda d: d.update(constraints={"p": 1}), "constraints: expected a list"),
+    "constraint not a mapping": (lambda d: d.update(constraints=[3]), "constraints[0]: expected a mapping"),
+    "unknown quantity": (lambda d: d.update(constraints=[{"pp": 1}]), "constraints[0]: unknown key 'pp'"),
+    "unknown dimension": (lambda d: d.update(constraints=[{"p": 1, "when": {"k": 1}}]), "when: unknown key"),
+    "only a when": (lambda d: d.update(constraints=[{"when": {"c": 1}}]), "bounds no mapping"),
+    "zero pin": (lambda d: d.update(constraints=[{"q": 0}]), "constraints[0].q: must be between 1"),
+    "float pin": (lambda d: d.update(constraints=[{"q": 1.5}]), "constraints[0].q: expected an integer"),
+    "bool pin": (lambda d: d.update(constraints=[{"q": True}]), "constraints[0].q: expected an integer"),
+    "min above max": (lambda d: d.update(constraints=[{"q": {"min": 3, "max": 2}}]), "min 3 is above max 2"),
+    "bad range key": (lambda d: d.update(constraints=[{"q": {"least": 1}}]), "constraints[0].q: unknown key"),
+    "empty range": (lambda d: d.update(constraints=[{"q": {}}]), "constraints[0].q: expected min and/or max"),
+    "huge bound": (lambda d: d.update(constraints=[{"m_tile": {"max": 2**40}}]), "m_tile.max: must be"),
+    "too many rules": (lambda d: d.update(constraints=[{"p": 1}] * 65), "at most 64 rules"),
 }
 
 

@@ -111,3 +111,126 @@ def test_save_is_atomic(r20, tmp_path):
         fmt.torch.save = orig
     assert list(tmp_path.iterdir()) == []  # no partial or temporary file left
     assert read(save(r20, target))["version"] == 1
+
+
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width=8, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)) + x)
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv3(x))), 1))
+"""
+
+
+@pytest.fixture
+def custom(tmp_path, monkeypatch):
+    """A CEPD model file made from a network named ``netmod.py:Net`` (width 12), in the current
+    directory."""
+    from cepd_deploy.model import reference
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "netmod.py").write_text(NET)
+    torch.manual_seed(0)
+    cepd = convert(reference.build("netmod.py:Net", {"width": 12}), flops_remaining=0.5,
+                   input_shape=(1, 3, 16, 16)).eval()  # fmt: skip
+    return cepd, save(cepd, tmp_path / "c.pt", input_shape=(3, 16, 16))
+
+
+def test_network_reference_round_trip(custom):
+    from cepd_deploy.model.format import dense_architecture
+    from cepd_deploy.model.layers import CEPDConv2d
+    from cepd_deploy.model.reference import Reference
+
+    cepd, path = custom
+    data = torch.load(path, weights_only=True)
+    assert data["network"] == {"ref": "netmod.py:Net", "kwargs": {"width": 12}} and data["arch"] is None
+    with pytest.raises(CEPDError, match="records the network 'netmod.py:Net'.*--trust-model-code"):
+        load(path)  # a file's reference is not imported unless the user says so
+    x = torch.randn(2, 3, 16, 16)
+    for again in (load(path, trust_code=True), load(path, template=Reference("netmod.py:Net"))):
+        assert {n for n, m in again.named_modules() if isinstance(m, CEPDConv2d)} == set(data["layers"])
+        a, b = cepd.state_dict(), again.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        with torch.no_grad():  # a CEPD layer's first call differs by an ulp from later (cached) ones
+            cepd(x), again(x)
+            assert torch.equal(cepd(x), again(x))
+        assert again.cepd_network == {"ref": "netmod.py:Net", "kwargs": {"width": 12}}
+    dense = dense_architecture(again)
+    assert all(type(dense.get_submodule(n)) is torch.nn.Conv2d for n in data["layers"])
+    assert dense.conv2.in_channels == 12
+    with pytest.raises(CEPDError, match="contradicts the architecture"):  # not the arguments it was made with
+        load(path, template=Reference("netmod.py:Net", {"width": 8}))
+
+
+def _touch_pickle(path: Path, marker: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Evil()}, path)
+    return path
+
+
+def test_hostile_network_references_run_nothing(custom, tmp_path):
+    """A model file is data: its recorded reference is never imported without consent, and even
+    with it a reference cannot reach the standard library, torch's loaders or Python internals."""
+    _, path = custom
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nNet = None\n")
+    bomb = _touch_pickle(tmp_path / "bomb.pt", marker)
+
+    def net(ref, kwargs=None):
+        return lambda d: d.update(network={"ref": ref, "kwargs": kwargs or {}})
+
+    trusted = {  # refused even with trust_code=True, before anything is called
+        "os:system": ({"command": f"touch {marker}"}, "standard library"),
+        "subprocess:run": ({"args": ["touch", str(marker)]}, "standard library"),
+        "builtins:exec": ({"source": f"open({str(marker)!r}, 'w')"}, "standard library"),
+        "pickle:loads": ({"data": "x"}, "standard library"),
+        "torch:load": ({"f": str(bomb), "weights_only": False}, "only nn.Module classes"),
+        "torch.hub:load": ({"repo_or_dir": str(tmp_path), "model": "x", "source": "local"}, "only nn.Module"),
+        "torch:Tensor": ({}, "not an nn.Module subclass"),
+    }
+    for i, (ref, (kwargs, message)) in enumerate(trusted.items()):
+        bad = _edit(path, tmp_path / f"t{i}.pt", net(ref, kwargs))
+        with pytest.raises(CEPDError, match="--trust-model-code"):
+            load(bad)
+        with pytest.raises(CEPDError, match=message):
+            load(bad, trust_code=True)
+    bad = _edit(path, tmp_path / "e.pt", net("evil.py:Net"))
+    with pytest.raises(CEPDError, match="evil.py:Net"):
+        load(bad)  # the file beside it is not run without consent
+    assert not marker.exists()
+
+    malformed = {  # refused when the file is read: nothing imported, trusted or not
+        "dunder": (net("netmod.py:Net.__init__.__globals__"), "is a Python internal"),
+        "not a reference": (net("rm -rf /"), "bad network reference"),
+        "long": (net("m" * 1000 + ":Net"), "bad network reference"),
+        "kwargs list": (lambda d: d.update(network={"ref": "netmod.py:Net", "kwargs": [1]}), "JSON object"),
+        "kwargs key": (net("netmod.py:Net", {"a b": 1}), "not a keyword argument name"),
+        "kwargs object": (net("netmod.py:Net", {"width": {1: 2}}), "not plain JSON data"),
+        "extra key": (lambda d: d.update(network={"ref": "netmod.py:Net", "kwargs": {}, "code": "x"}),
+                      "field 'network' malformed"),
+        "both": (lambda d: d.update(arch={"name": "resnet20", "kwargs": {}}), "both a zoo architecture"),
+    }  # fmt: skip
+    for i, (change, message) in enumerate(malformed.values()):
+        bad = _edit(path, tmp_path / f"m{i}.pt", change)
+        with pytest.raises(CEPDError, match=message):
+            read(bad)
+        with pytest.raises(CEPDError, match=message):
+            load(bad, trust_code=True)
+    assert not marker.exists()

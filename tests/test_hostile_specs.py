@@ -190,6 +190,23 @@ def test_fuzzed_specs_end_in_success_or_one_line(plan, tmp_path, edits, via_file
             assert math.isfinite(result.to_json()["totals"]["latency_ms"])
 
 
+RULE_KEYS = st.sampled_from(["p", "q", "psum_channels", "width_tiles", "m_tile", "image_sets", "when", "x"])
+RANGE_KEYS = st.sampled_from(["min", "max", "e", "c", "y"])  # a range, or a `when`'s dimensions
+RANGE = st.one_of(HOSTILE, st.dictionaries(RANGE_KEYS, HOSTILE, max_size=3))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rules=st.one_of(HOSTILE, st.lists(st.dictionaries(RULE_KEYS, RANGE, max_size=3), max_size=4)))
+def test_fuzzed_mapping_constraints_end_in_success_or_one_line(plan, rules):
+    data = _raw()
+    data["constraints"] = rules
+    spec = one_line_or_success(parse_spec, data)
+    if not isinstance(spec, CEPDError):  # a mapping, or "no mapping ... within its constraints"
+        result = one_line_or_success(simulate, plan, spec, seconds=60)
+        if not isinstance(result, CEPDError):
+            assert math.isfinite(result.to_json()["totals"]["latency_ms"])
+
+
 @pytest.mark.slow
 def test_simulate_refuses_a_spec_of_a_million_rows_at_once(tmp_path):
     data = _raw()

@@ -151,6 +151,28 @@ def test_other_tt_layouts_are_bit_exact(sim, tmp_path, layout):
     assert np.array_equal(arena[prog.arena[plan.output] : prog.arena[plan.output] + out.size], out)
 
 
+def test_a_fused_scatter_add_after_a_normalising_step_is_bit_exact(sim, tmp_path):
+    """The last TT step of a fused CEPD layer whose accumulator frac exceeds the epilogue's 40 bits
+    (tiny weights) is round-shifted (its norm) and then requantised, as the reference computes it,
+    before the S branch is added (seen on SqueezeNet 1.1's classifier)."""
+    plan = lower(cepd_resnet20(), (1, 3, 32, 32))
+    last = plan.blocks()[-1].steps[-1]
+    consts = dict(plan.consts)
+    consts[last.weights[0]] = consts[last.weights[0]] * 2.0**-16
+    plan = replace(plan, consts=consts)
+    rng = np.random.default_rng(0)
+    q = fixed.quantize(plan, rng.standard_normal((2, 3, 32, 32)), 16)
+    assert q.nodes[last.name].epi.norm > 0
+    prog = compile_program(plan, EngineConfig(), q, reuse_arena=False)
+    assert any(g["steps"] > 1 and last.layer in g["name"].split("+") for g in prog.groups)
+    xq = fxp.quantize_input(q, rng.standard_normal((1, 3, 32, 32)))
+    env = fxp.run(q, xq, quantized=True, keep=True)
+    arena = _run_tb(sim, tmp_path, prog, q, xq)
+    for value, off in prog.arena.items():
+        ref = env[value].reshape(-1)
+        assert np.array_equal(arena[off : off + ref.size], ref), value
+
+
 def _load_driver(path):
     spec = importlib.util.spec_from_file_location("cepd_generated_driver", path)
     mod = importlib.util.module_from_spec(spec)

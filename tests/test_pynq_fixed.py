@@ -17,7 +17,8 @@ from cepd_deploy.plan.reference import run as float_run
 from cepd_deploy.targets import get
 from cepd_deploy.targets.base import Kind
 from cepd_deploy.targets.pynq_z1 import fixed, fxp
-from cepd_deploy.targets.pynq_z1.fixed import align, quantize, requant, rshift_round
+from cepd_deploy.targets.pynq_z1.fixed import quantize
+from cepd_deploy.targets.pynq_z1.intops import align, requant, rshift_round
 from cepd_deploy.targets.pynq_z1.program import HANDLERS
 from cepd_deploy.targets.pynq_z1.project import tolerance
 from cepd_deploy.targets.pynq_z1.target import PynqZ1

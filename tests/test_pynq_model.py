@@ -26,8 +26,9 @@ def test_default_engine_fits_with_exact_counts():
     # DSP: 4 x 49 MACs + 7 scale lanes x 2 (48x16-bit products) + 6 address multipliers = 216
     assert r["dsp"] == 216
     # BRAM18: ibuf 2 halves x 49 banks x 1 + scratch 49 + wbuf 2 x 4 banks x 9 + obuf 2 x 4 x 2
-    #         + rbuf 2 x 4 x 2 + records 2 + m_axi 2 x 3 = 259 -> 129.5 BRAM36
-    assert r["bram36"] == 129.5
+    #         + rbuf 2 x 4 x 2 + records 2 + m_axi 2 x 3 = 259, + the vector unit's activation table
+    #         (2 copies x 1024 x 32 bits: 4) and buffer (4 banks x 512 x 48 bits: 8) = 271 -> 135.5 BRAM36
+    assert r["bram36"] == 135.5
     assert r["lut"] < 53200 and r["ff"] < 106400
     model.check_fit(r, load_board())
 
@@ -95,7 +96,9 @@ def test_estimate_report_is_consistent():
     j = rep.to_json()
     t = j["totals"]
     assert t["latency_ms"] == pytest.approx(t["cycles"] / 1e5, abs=1e-5)  # 100 MHz
-    assert t["macs"] == plan_macs(plan)  # every MAC of the Plan is computed exactly once
+    # every MAC of the Plan is computed (halo rows of a chained 3x3 step are computed again)
+    assert t["macs"] >= plan_macs(plan)
+    assert estimate(plan, chain_groups=False).macs == plan_macs(plan)  # through DDR: exactly once
     assert 0 < t["dsp_efficiency"] <= 1 and t["peak_ms"] < t["latency_ms"]
     assert sum(op["cycles"] for op in j["ops"]) == pytest.approx(t["cycles"], rel=1e-3)
     assert {op["name"] for op in j["ops"]} == {n.name for n in plan.nodes}

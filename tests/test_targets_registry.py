@@ -21,6 +21,7 @@ from cepd_deploy.plan.ir import Op
 from cepd_deploy.plan.reference import run as reference
 from cepd_deploy.targets.base import Built, Estimate, Kind, Target, option
 from tests.conftest import randomize_bn
+from tests.plans import modern_plan
 
 TOL = 1e-4  # max abs error <= TOL x max|y| (float targets)
 
@@ -58,7 +59,8 @@ def _cepd() -> nn.Module:
 @pytest.fixture(scope="module")
 def plans():
     torch.manual_seed(0)
-    return {"misc": lower(randomize_bn(Misc()), (1, 4, 8, 8)), "cepd": lower(_cepd(), (1, 16, 8, 8))}
+    return {"misc": lower(randomize_bn(Misc()), (1, 4, 8, 8)), "cepd": lower(_cepd(), (1, 16, 8, 8)),
+            "modern": modern_plan()}  # fmt: skip
 
 
 def test_the_plans_cover_every_op(plans):
@@ -68,7 +70,7 @@ def test_the_plans_cover_every_op(plans):
 
 
 def _cases():
-    return [(t, p) for t in targets.REGISTRY if t != "cuda" for p in ("misc", "cepd")]
+    return [(t, p) for t in targets.REGISTRY if t != "cuda" for p in ("misc", "cepd", "modern")]
 
 
 @pytest.mark.slow

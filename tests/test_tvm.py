@@ -151,6 +151,34 @@ def test_conv_kernels(s: ConvShape, tiling: ConvTiling | None):
     assert rel(run_call(call, [x]), ref) <= TOL
 
 
+DEGENERATE_CONVS = [  # outputs of one pixel, row or column; one input channel per group
+    ConvShape(1, 8, 2, 2, 8, (3, 3), (2, 2), (1, 1), groups=8),
+    ConvShape(1, 8, 1, 1, 8, (3, 3), (1, 1), (1, 1), groups=2),
+    ConvShape(1, 4, 1, 1, 4, (1, 1), groups=4),
+    ConvShape(1, 3, 1, 1, 5, (1, 1)),
+    ConvShape(1, 3, 1, 7, 6, (3, 3), (1, 1), (1, 1), groups=3),
+    ConvShape(2, 5, 7, 1, 5, (3, 1), (2, 1), (1, 0), groups=5),
+]
+
+
+@pytest.mark.parametrize("s", DEGENERATE_CONVS, ids=lambda s: s.key)
+def test_conv_tilings_on_degenerate_shapes(s: ConvShape):
+    """Every tiling that applies schedules (no unit loop vectorised) and computes the conv."""
+    x, w = rand(s.batch, s.cin, s.h, s.w), rand(s.cout, s.cin_g, *s.kernel, seed=1)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, s.stride, s.padding, s.dilation, s.groups)
+    tilings = [ConvTiling("flat", 1, 16), ConvTiling("direct", 1, 16), ConvTiling("plain")]
+    for t in (t for t in tilings if applies(t, s)):
+        assert rel(run_call(conv(s, w, Epi(), EpiValues(), tiling=t), [x]), ref.numpy()) <= TOL, t
+
+
+@pytest.mark.parametrize("o", [1, 3])
+def test_gemm_on_one_pixel(o):
+    """p = 1 with one output row per tile: nothing is left to vectorise in the epilogue."""
+    x, w = rand(2, 5, 1), rand(o, 5, seed=1)
+    for t in (None, Tiling("p", 1, 16), Tiling("o", 1, 16)):
+        assert rel(run_call(gemm(2, 5, 1, w, Epi(), EpiValues(), tiling=t), [x]), w @ x) <= TOL, t
+
+
 def test_conv_rejects_a_tiling_that_does_not_apply():
     with pytest.raises(ValueError, match="does not apply"):
         conv(CONVS[2], rand(10, 6, 3, 3), Epi(), EpiValues(), tiling=ConvTiling("flat", 2, 16))
@@ -177,8 +205,9 @@ def test_pools_match_torch(kind, k, s, p, ceil):
     x = rand(1, 5, 11, 11)
     fn = F.max_pool2d if kind == "max" else F.avg_pool2d
     ref = fn(torch.from_numpy(x), k, s, p, ceil_mode=ceil).numpy()
-    call = pool(kind, x.shape, ref.shape, (k, k), (s, s), (p, p))
-    assert rel(run_call(call, [x]), ref) <= TOL
+    for contiguous in (True, False) if s > 1 else (True,):  # the GPU form reduces output columns only
+        call = pool(kind, x.shape, ref.shape, (k, k), (s, s), (p, p), contiguous=contiguous)
+        assert rel(run_call(call, [x]), ref) <= TOL
 
 
 def test_memory_bound_kernels():

@@ -256,7 +256,7 @@ def test_cli_build_llvm(tmp_path, capsys):
     assert max(manifest["verify"]["max_rel_err"].values()) <= TOL
     assert tvm_target.load(out)(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
     assert main(["build", "--target", "llvm", "no-such-model", "-o", str(tmp_path / "x")]) == 2
-    assert "neither a model file nor a zoo model" in capsys.readouterr().err
+    assert "is neither a model file" in capsys.readouterr().err
 
 
 def test_cuda_build_writes_a_library(tmp_path):

@@ -15,6 +15,10 @@ from cepd_deploy.model.zoo import ZOO, build_model, input_shape
 
 CIFAR = [n for n, e in ZOO.items() if e.dataset == "cifar"]
 IMAGENET = [n for n, e in ZOO.items() if e.dataset == "imagenet"]
+#: written in their reference code's style (cepd_deploy.model.archs), not the friendly forms; the
+#: public-architecture suite (tests/test_public_archs.py) runs them through every stage
+PUBLIC = {"mobilenetv3_small", "efficientnet_b0", "shufflenetv2", "densenet121", "convnext_tiny", "deeplabv3"}
+FRIENDLY = [n for n in ZOO if n not in PUBLIC]
 
 # Exact counts, identical to torchvision (resnet18/50/vgg16) or hand-computed (alexnet:
 # convs 34,944 + 307,456 + 885,120 + 663,936 + 442,624 = 2,334,080;
@@ -24,6 +28,15 @@ EXACT = {
     "resnet50": 25_557_032,
     "vgg16": 138_357_544,
     "alexnet": 60_965_224,
+    # torchvision's published counts (2.54M, 5.29M, 2.28M, 7.98M) and the official ConvNeXt-T's (28.6M)
+    "mobilenetv3_small": 2_542_856,
+    "efficientnet_b0": 5_288_548,
+    "shufflenetv2": 2_278_604,
+    "densenet121": 7_978_856,
+    "convnext_tiny": 28_589_128,
+    # ResNet-18 without fc 11,176,512 + torchvision's DeepLabHead(512, 21): ASPP 1x1 131,584,
+    # three dilated 3x3 3 x 1,180,160, pooling 131,584, project 328,192; 3x3 590,336; 1x1 5,397
+    "deeplabv3": 15_904_085,
 }
 
 # (reference, relative tolerance) for the CIFAR models, 10 classes.
@@ -64,7 +77,7 @@ def test_registry_covers_all_models() -> None:
     for name, e in ZOO.items():
         assert e.name == name
         assert input_shape(name) == e.input_shape
-        assert e.num_classes == (10 if e.dataset == "cifar" else 1000)
+        assert e.num_classes == {"cifar": 10, "imagenet": 1000, "voc": 21}[e.dataset]
     assert input_shape("resnet20") == (3, 32, 32)
     assert input_shape("resnet50") == (3, 224, 224)
     assert input_shape("alexnet") == (3, 227, 227)
@@ -94,7 +107,14 @@ def test_cifar_forward_and_trace(name: str) -> None:
     torch.testing.assert_close(y_fx, y)
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+def test_public_entries_are_the_archs_package() -> None:
+    from cepd_deploy.model import archs
+
+    assert {ZOO[n].builder.__module__.rpartition(".")[0] for n in PUBLIC} == {archs.__name__}
+    assert sorted(PUBLIC) == sorted(archs.__all__)
+
+
+@pytest.mark.parametrize("name", FRIENDLY)
 def test_graph_uses_only_lowerable_ops(name: str) -> None:
     gm = fx.symbolic_trace(_model(name))
     mods = dict(gm.named_modules())
@@ -114,13 +134,14 @@ def test_graph_uses_only_lowerable_ops(name: str) -> None:
             assert node.op in ("placeholder", "output", "get_attr"), node.op
 
 
-@pytest.mark.parametrize("name", IMAGENET)
+@pytest.mark.parametrize("name", [*IMAGENET, "deeplabv3"])
 def test_imagenet_shapes_on_meta(name: str) -> None:
     # Shape-check the big models without compute: same architecture on the meta device.
     with torch.device("meta"):
-        model = build_model(name)
+        model = build_model(name).eval()  # eval: training BN refuses deeplabv3's 1x1 pooled branch at N=1
         y = fx.symbolic_trace(model)(torch.empty(1, *input_shape(name)))
-    assert y.shape == (1, 1000)
+    want = (1, 21, *input_shape(name)[1:]) if name == "deeplabv3" else (1, 1000)
+    assert y.shape == want
 
 
 def test_resnet18_forward_matches_trace() -> None:

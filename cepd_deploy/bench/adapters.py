@@ -1,4 +1,4 @@
-"""How each target gives a per-image latency, through the Target interface: modelled
+"""How each target gives the latency of a batch, through the Target interface: modelled
 (``estimate``, a cost model of the Plan) or measured (``runner``, a callable the harness times).
 Which is which comes from the registry: a target that runs is measured."""
 
@@ -23,16 +23,17 @@ def bench_targets() -> list[str]:
 
 
 def modelled_ms(name: str, plan: Plan, options: Mapping | None = None) -> tuple[float, dict]:
-    """(per-image latency in ms, details) from the target's estimate of ``plan``."""
+    """(latency in ms of the Plan's whole batch, details) from the target's estimate of ``plan``."""
     target = targets.get(name)
     opts = target.options(options)
     est = target.estimate(plan, opts)
     details = {"options": dataclasses.asdict(opts)}
     details.update({k: est.figures[k] for k in ("totals", "resources") if k in est.figures})
-    return est.latency_ms / plan.input_shape[0], details
+    return est.latency_ms, details
 
 
 def runner(name: str, plan: Plan, threads: int, workdir: Path, options: Mapping | None = None) -> Callable:
-    """A callable ``f(x: np.ndarray)`` running one inference of ``plan`` on the target ``name``."""
+    """A callable ``f(x: np.ndarray)`` running one inference of ``plan`` (its whole batch) on the
+    target ``name``; the target writes what it builds under ``workdir``."""
     target = targets.get(name)
     return target.runner(plan, threads, workdir, target.options(options))

@@ -1,10 +1,13 @@
 """``run_bench``: dense baseline + CEPD models at FLOPs points, on every target, one table.
 
-Measured targets time dense and CEPD interleaved in the same loop (warm-up, then the median of
-``repeats`` rounds), so machine noise hits every model alike; every measured row records the
-machine (``bench.machine.machine_info`` at the start of the run: CPU, kernel build, threads, load
-average). Modelled targets evaluate their cost model on the same Plans. Every FLOPs figure comes
-from the Plan.
+The Plans are lowered for a batch of ``batch`` images; every target runs (or models) the whole
+batch, and each row gives the batch's latency and the throughput (images/s). Measured targets
+time dense and CEPD interleaved in the same loop (warm-up, then the median of ``repeats``
+rounds), so machine noise hits every model alike; every measured row records the machine
+(``bench.machine.machine_info`` at the start of the run: CPU, kernel build, threads, load
+average) and, where the runtime loads an artifact (onnxruntime, TVM), its peak resident memory
+on that model, measured in a process of its own (``bench.memory``). Modelled targets evaluate
+their cost model on the same Plans. Every FLOPs figure comes from the Plan.
 """
 
 from __future__ import annotations
@@ -26,21 +29,30 @@ from cepd_deploy.errors import CEPDError
 
 @dataclass
 class Row:
-    """One line of the bench table: a model variant's per-image latency (ms) on one target, with
-    its speedup over the dense row of that target and the paper's figures where it has them."""
+    """One line of the bench table: a model variant's latency (ms) for one batch of ``batch`` images
+    on one target (per image at batch 1), its throughput, its speedup over the dense row of that
+    target, its peak memory where measured and the paper's figures (batch 1) where it has them."""
 
     model: str
     flops_remaining: float
     target: str
     kind: str  # "measured" or "modelled"
-    latency_ms: float
+    latency_ms: float  # one run of the whole batch
     speedup: float = 1.0
     ideal_fraction: float = 1.0  # speedup x FLOPs remaining (1.0 = the FLOPs ideal)
     paper_latency_ms: float | None = None
     paper_speedup: float | None = None
     params_remaining: float = 1.0
+    batch: int = 1
+    throughput: float = 0.0  # images per second: batch x 1000 / latency_ms
+    peak_rss_mb: float | None = None  # the runtime's process running this model: peak resident set
+    model_rss_mb: float | None = None  # that peak minus the process's resident set before the model loaded
     details: dict = field(default_factory=dict)
     machine: dict | None = None  # measured rows: where (``bench.machine.machine_info``)
+
+    def __post_init__(self) -> None:
+        if not self.throughput and self.latency_ms > 0:
+            self.throughput = self.batch * 1e3 / self.latency_ms
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,24 +71,27 @@ class Variant:
 
 
 def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
-                   allocation: str = "uniform", threads: int = 2) -> list[Variant]:  # fmt: skip
+                   allocation: str = "uniform", threads: int = 2, source: dict | None = None,
+                   ) -> list[Variant]:  # fmt: skip
     """The dense model and one CEPD conversion per FLOPs point, with their Plans.
 
-    ``allocation``: "uniform" (``convert``'s default), "ort-latency" or "library-latency" (the
-    least measured latency at ``threads`` threads on stock onnxruntime or on the custom-op
-    library; labels get a ``-lat`` / ``-lib`` suffix).
+    ``arch``: a zoo name, a network ``MODULE:ATTR`` or a model file; ``source``: the keyword
+    arguments of ``model.format.resolve`` (input shape, network arguments, trust). ``allocation``:
+    "uniform" (``convert``'s default), "ort-latency" or "library-latency" (the least measured
+    latency at ``threads`` threads on stock onnxruntime or on the custom-op library; labels get a
+    ``-lat`` / ``-lib`` suffix).
     """
     if Path(arch).is_file():
-        return _file_variants(Path(arch), batch)
-    from cepd_deploy import build_model, convert, lower
+        return _file_variants(Path(arch), batch, source or {})
+    from cepd_deploy import convert, lower
     from cepd_deploy.frontend.allocation import TAGS, allocation_kwargs
-    from cepd_deploy.model.zoo import input_shape
+    from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.cost import totals
 
     kw = allocation_kwargs(allocation, threads)
     suffix = f"-{TAGS[allocation]}" if TAGS[allocation] else ""
-    shape = (batch, *input_shape(arch))
-    base = build_model(arch).eval()
+    base, one, _ = resolve(arch, **(source or {}))
+    shape = (batch, *one[1:])
     out = []
     for f in tqdm([1.0, *points], desc=f"convert {arch}", disable=not progress, unit="model"):
         model = base if f >= 1.0 else convert(base, flops_remaining=f, input_shape=shape, **kw)
@@ -87,18 +102,19 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     return out
 
 
-def _file_variants(path: Path, batch: int) -> list[Variant]:
-    """A CEPD model file and the dense zoo architecture it records, as the two variants."""
+def _file_variants(path: Path, batch: int, source: dict) -> list[Variant]:
+    """A CEPD model file and the dense architecture it records (zoo or network reference), as the
+    two variants."""
     from cepd_deploy.frontend.load import load_plan
-    from cepd_deploy.model.zoo import ZOO, build_model
+    from cepd_deploy.model.format import dense_architecture
     from cepd_deploy.plan.cost import totals
 
-    cepd = load_plan(path, batch=batch)
-    arch = (getattr(cepd.model, "cepd_arch", None) or {}).get("name")
-    if arch not in ZOO:
-        raise CEPDError(f"{path}: bench compares a model with its dense zoo architecture, and "
-                        "this file records none (a custom network); time it with a target's runner")
-    dense = load_plan(build_model(arch).eval(), cepd.plan.input_shape[1:], batch=batch)
+    cepd = load_plan(path, batch=batch, **source)
+    base = dense_architecture(cepd.model)
+    if base is None:
+        raise CEPDError(f"{path}: bench compares a model with its dense architecture, and this file "
+                        "records none; name it with --template MODULE:ATTR")  # fmt: skip
+    dense = load_plan(base, cepd.plan.input_shape[1:], batch=batch)
     out = []
     for label, loaded in (("dense", dense), ("cepd", cepd)):
         t = totals(loaded.plan)
@@ -118,17 +134,27 @@ def run_bench(
     eyeriss_spec: str = "eyeriss_scaled",
     progress: bool = True,
     allocation: str = "uniform",
+    source: dict | None = None,
+    batch: int = 1,
+    memory: bool = False,
 ) -> list[Row]:
-    """Latency rows for every (model variant, target); speedups against the dense row."""
+    """Latency rows for every (model variant, target); speedups against the dense row. ``source``:
+    how ``arch`` is loaded (see :func:`build_variants`). Every run is of ``batch`` images (rows
+    give the throughput too); with ``memory`` (``cepd-deploy bench`` sets it unless --no-memory),
+    each measured runtime's peak memory on each model (``bench.memory``: onnxruntime and TVM)."""
     valid = bench_targets()
     unknown = [t for t in targets if t not in valid]
     if unknown:
         raise CEPDError(f"unknown bench target {unknown[0]!r}; valid: {', '.join(valid)}")
     if any(not 0 < f < 1 for f in points):
         raise CEPDError("FLOPs points must lie in (0, 1)")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise CEPDError(f"the batch must be a whole number >= 1, got {batch!r}")
     machine = machine_info(threads)  # the load average before this run loads the machine
-    variants = build_variants(arch, points, progress=progress, allocation=allocation, threads=threads)
-    arch = Path(arch).stem if Path(arch).is_file() else arch  # rows are named "<arch>-<variant>"
+    variants = build_variants(arch, points, progress=progress, allocation=allocation, threads=threads,
+                              source=source, batch=batch)  # fmt: skip
+    # rows are named "<arch>-<variant>" (a network MODULE:ATTR by its ATTR)
+    arch = Path(arch).stem if Path(arch).is_file() else arch.rpartition(":")[2]
     rows: list[Row] = []
     options = {"eyeriss": {"spec": eyeriss_spec}}
     for target in [t for t in targets if not measured(t)]:
@@ -137,7 +163,7 @@ def run_bench(
             rows.append(_row(arch, v, target, "modelled", ms, details))
     timed = [t for t in targets if measured(t)]
     if timed:
-        rows += _measure(arch, variants, timed, threads, repeats, warmup, progress)
+        rows += _measure(arch, variants, timed, threads, repeats, warmup, progress, memory)
         for r in rows:
             if r.kind == "measured":
                 r.machine = machine
@@ -145,35 +171,58 @@ def run_bench(
     return rows
 
 
-def _measure(arch, variants, targets, threads, repeats, warmup, progress) -> list[Row]:
-    x = np.random.default_rng(0).standard_normal(variants[0].plan.input_shape).astype(np.float32)
+def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory=True) -> list[Row]:
+    shape = variants[0].plan.input_shape
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    peaks = {}
     with tempfile.TemporaryDirectory(prefix="cepd-bench-") as tmp:
         runners = {}
         for target in targets:
             for v in tqdm(variants, desc=f"prepare {target}", disable=not progress, unit="model"):
-                runners[(target, v.label)] = runner(target, v.plan, threads, Path(tmp))
+                runners[(target, v.label)] = runner(target, v.plan, threads, _workdir(tmp, target, v.label))
         times = {key: [] for key in runners}
+        cpu = {key: [] for key in runners}  # process CPU time (all threads): steadier on a shared machine
         for _ in range(warmup):
             for fn in runners.values():
                 fn(x)
         for _ in tqdm(range(repeats), desc="timing (interleaved)", disable=not progress, unit="round"):
             for key, fn in runners.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(x)
                 times[key].append((time.perf_counter() - t0) * 1e3)
+                cpu[key].append((time.process_time() - c0) * 1e3)
+        if memory:  # one process per (runtime, model), one after the other, after the timing
+            from cepd_deploy.bench.memory import measure
+
+            for target, label in tqdm(list(runners), desc="peak memory", disable=not progress, unit="model"):
+                peaks[(target, label)] = measure(target, _workdir(tmp, target, label), shape, threads)
     by_label = {v.label: v for v in variants}
     rows = []
     for (target, label), ts in times.items():
-        details = {"repeats": repeats, "threads": threads, "min_ms": min(ts), "max_ms": max(ts)}
-        rows.append(_row(arch, by_label[label], target, "measured", statistics.median(ts), details))
+        details = {"repeats": repeats, "threads": threads, "min_ms": min(ts), "max_ms": max(ts),
+                   "cpu_ms": statistics.median(cpu[(target, label)])}  # fmt: skip
+        row = _row(arch, by_label[label], target, "measured", statistics.median(ts), details)
+        peak = peaks.get((target, label), {})
+        row.peak_rss_mb, row.model_rss_mb = peak.get("peak_rss_mb"), peak.get("model_rss_mb")
+        if peak:
+            details["memory"] = peak
+        rows.append(row)
     return rows
 
 
+def _workdir(tmp: str, target: str, label: str) -> Path:
+    """Where the runner of (target, variant) writes its artifact (the memory measurement loads it)."""
+    return Path(tmp) / target / label
+
+
 def _row(arch, v: Variant, target: str, kind: str, ms: float, details: dict) -> Row:
+    batch = int(v.plan.input_shape[0]) if v.plan is not None else 1
+    paper = batch == 1  # the paper's figures are per image, at batch 1
     return Row(model=f"{arch}-{v.label}", flops_remaining=round(v.flops_remaining, 4), target=target,
-               kind=kind, latency_ms=ms, paper_latency_ms=paper_latency(target, v.target_flops, arch),
-               paper_speedup=paper_speedup(target, v.target_flops, arch),
-               params_remaining=round(v.params_remaining, 4), details=details)  # fmt: skip
+               kind=kind, latency_ms=ms,
+               paper_latency_ms=paper_latency(target, v.target_flops, arch) if paper else None,
+               paper_speedup=paper_speedup(target, v.target_flops, arch) if paper else None,
+               params_remaining=round(v.params_remaining, 4), batch=batch, details=details)  # fmt: skip
 
 
 def _speedups(rows: list[Row]) -> None:

@@ -16,9 +16,9 @@ import platform
 from cepd_deploy.cpu import cpuinfo, usable_cores
 
 #: the kernel's tile builds (``native.ISAS``) as a reader knows them
-ISA_LABELS = {"avx512f": "AVX-512", "avx2": "AVX2", "scalar": "generic"}
+ISA_LABELS = {"avx512f": "AVX-512", "avx2": "AVX2", "neon": "NEON", "scalar": "generic"}
 #: the CPU flags worth a line in a timing table
-SIMD_FLAGS = ("avx512f", "avx512vl", "avx512bw", "avx2", "fma", "avx", "sse4_2", "sse2")
+SIMD_FLAGS = ("avx512f", "avx512vl", "avx512bw", "avx2", "fma", "avx", "sse4_2", "sse2", "neon")
 
 
 def cpu_flags() -> frozenset[str]:
@@ -28,11 +28,14 @@ def cpu_flags() -> frozenset[str]:
 
 def kernel_isa_for(flags: frozenset[str]) -> str:
     """The tile build the kernel's cpuid dispatch (``kernels/ttsparse.cpp``, ``detect_isa``)
-    picks on a CPU with ``flags``: avx512f+avx512vl, else avx2+fma, else the generic build."""
+    picks on a CPU with ``flags``: avx512f+avx512vl, else avx2+fma, else neon (AArch64), else the
+    generic build."""
     if {"avx512f", "avx512vl"} <= flags:
         return "avx512f"
     if {"avx2", "fma"} <= flags:
         return "avx2"
+    if "neon" in flags:
+        return "neon"
     return "scalar"
 
 
@@ -84,6 +87,8 @@ def _cpu_simd(simd) -> str:
         return ""
     if "avx512f" in simd:
         return "AVX-512"
+    if "neon" in simd:
+        return "NEON"
     return f"{'AVX2' if 'avx2' in simd else 'SSE'}, no AVX-512"
 
 

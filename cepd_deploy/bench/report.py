@@ -14,14 +14,19 @@ from cepd_deploy.bench.harness import Row
 from cepd_deploy.bench.paper import LATENCY_MS, SOURCE, display_name, has_figures
 from cepd_deploy.plan.report import format_table
 
-HEADERS = ["model", "FLOPs left", "target", "kind", "latency ms", "speedup", "of ideal",
-           "paper ms", "paper speedup"]  # fmt: skip
+HEADERS = ["model", "FLOPs left", "target", "kind", "latency ms", "images/s", "speedup", "of ideal",
+           "peak MB", "model MB", "paper ms", "paper speedup"]  # fmt: skip
+ALIGN = "lrllrrrrrrrr"
+
+
+def _mb(v: float | None) -> str:
+    return f"{v:.0f}" if v is not None else "-"
 
 
 def _cells(r: Row) -> list[str]:
     return [r.model, f"{r.flops_remaining:.1%}", r.target, r.kind, f"{r.latency_ms:.2f}",
-            f"{r.speedup:.2f}x", f"{r.ideal_fraction:.0%}",
-            f"{r.paper_latency_ms:.2f}" if r.paper_latency_ms else "-",
+            f"{r.throughput:.1f}", f"{r.speedup:.2f}x", f"{r.ideal_fraction:.0%}", _mb(r.peak_rss_mb),
+            _mb(r.model_rss_mb), f"{r.paper_latency_ms:.2f}" if r.paper_latency_ms else "-",
             f"{r.paper_speedup:.2f}x" if r.paper_speedup else "-"]  # fmt: skip
 
 
@@ -37,10 +42,19 @@ def machine_of(rows: list[Row]) -> dict | None:
 
 
 def notes(rows: list[Row]) -> list[str]:
-    """What a reader needs beside the table: the machine, the Eyeriss preset, the paper's source."""
+    """What a reader needs beside the table: the machine, the batch, what the memory columns are,
+    the Eyeriss preset, the paper's source."""
     out = []
     if (m := machine_of(rows)) is not None:
         out.append(f"measured on: {mach.describe(m)}")
+    batch = rows[0].batch if rows else 1
+    if batch > 1:
+        out.append(f"batch of {batch} images per run: latency is the whole batch's (paper figures are per "
+                   "image at batch 1, so not shown)")  # fmt: skip
+    if any(r.peak_rss_mb is not None for r in rows):
+        out.append("peak MB: peak resident memory of a process running that model on that runtime "
+                   "(one process each); model MB: that peak minus that process before the model "
+                   "loaded")  # fmt: skip
     specs = sorted({r.details["spec"] for r in rows if r.target == "eyeriss" and r.details.get("spec")})
     if specs:
         out.append(f"eyeriss rows: the {', '.join(specs)} preset")
@@ -51,7 +65,7 @@ def notes(rows: list[Row]) -> list[str]:
 
 def text_table(rows: list[Row]) -> str:
     """The notes, then the table as aligned plain text."""
-    return "\n".join([*notes(rows), format_table(HEADERS, [_cells(r) for r in rows], "lrllrrrrr")])
+    return "\n".join([*notes(rows), format_table(HEADERS, [_cells(r) for r in rows], ALIGN)])
 
 
 def markdown(rows: list[Row]) -> str:
@@ -95,8 +109,9 @@ def paper_markers(arch: str) -> dict[str, list[tuple[float, float]]]:
 
 
 def title(rows: list[Row], arch: str | None = None) -> str:
-    """The plot's title: the model as the paper names it, per image."""
-    return f"{display_name(arch or arch_of(rows))}, per image"
+    """The plot's title: the model as the paper names it, per image (or the batch)."""
+    batch = rows[0].batch if rows else 1
+    return f"{display_name(arch or arch_of(rows))}, " + ("per image" if batch == 1 else f"batch of {batch}")
 
 
 def figure(rows: list[Row], arch: str | None = None):
@@ -114,7 +129,8 @@ def figure(rows: list[Row], arch: str | None = None):
     for target in dict.fromkeys(r.target for r in rows):
         pts = sorted((r.flops_remaining, r.speedup) for r in rows if r.target == target)
         ax.plot(*zip(*pts), "o-", label=target)
-    for target, pts in paper_markers(arch or arch_of(rows)).items():
+    at_batch_1 = not rows or rows[0].batch == 1  # the paper's points are per image
+    for target, pts in (paper_markers(arch or arch_of(rows)) if at_batch_1 else {}).items():
         marker = {"pynq-z1": "s", "eyeriss": "^"}[target]
         ax.plot(*zip(*pts), marker, mfc="none", ms=9, label=f"paper: {target}")
     ax.set_xlabel("FLOPs remaining")

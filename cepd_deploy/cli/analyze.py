@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cepd_deploy.cli.common import add_json_arg, add_model_arg, output_path, print_json
+from cepd_deploy.cli.common import add_json_arg, add_model_arg, model_options, output_path, print_json
 
 
 def register(sub) -> None:
@@ -81,7 +81,7 @@ def run_sequence(args: argparse.Namespace) -> int:
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.report import format_table
 
-    model, shape, label = resolve(args.model, args.input_shape)
+    model, shape, label = resolve(args.model, **model_options(args))
     res = sequence(model, shape, ratio=args.ratio, sparsity=args.sparsity, layout=args.layout,
                    iters=args.iters)  # fmt: skip
     res["model"] = label
@@ -111,7 +111,7 @@ def run_format(args: argparse.Namespace) -> int:
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.report import format_table
 
-    model, shape, label = resolve(args.model, args.input_shape)
+    model, shape, label = resolve(args.model, **model_options(args))
     images = sample_images(args.data, args.samples, image_size=shape[-1])
     if tuple(images.shape[1:]) != tuple(shape[1:]):
         from cepd_deploy.errors import CEPDError

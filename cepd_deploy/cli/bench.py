@@ -1,4 +1,4 @@
-"""``cepd-deploy bench``: the per-image latency table, dense vs CEPD, on every target."""
+"""``cepd-deploy bench``: the latency, throughput and memory table, dense vs CEPD, on every target."""
 
 from __future__ import annotations
 
@@ -14,19 +14,25 @@ from cepd_deploy.names import ALLOCATIONS
 def register(sub) -> None:
     """Add ``bench`` to the subparsers ``sub`` (its targets: those bench can time or model)."""
     from cepd_deploy.bench.adapters import bench_targets
+    from cepd_deploy.cli.common import add_model_options
 
     names = bench_targets()
     p = sub.add_parser(
         "bench",
         help="latency of dense vs CEPD models on every target, next to the paper's table",
-        description="For the dense baseline and a CEPD conversion at each FLOPs point: per-image "
-        "latency on each target (modelled for pynq-z1 and eyeriss; measured for onnxruntime, "
-        "tvm and torch, dense and CEPD interleaved, median of --repeats), the speedup over dense "
-        "on the same target and the fraction of the FLOPs ideal (speedup x FLOPs remaining).",
+        description="For the dense baseline and a CEPD conversion at each FLOPs point: the latency of "
+        "a batch of --batch images (per image at the default 1) and the throughput on each target "
+        "(modelled for pynq-z1 and eyeriss; measured for onnxruntime, tvm and torch, dense and CEPD "
+        "interleaved, median of --repeats), the speedup over dense on the same target, the fraction "
+        "of the FLOPs ideal (speedup x FLOPs remaining) and, for onnxruntime and tvm, the peak "
+        "resident memory of a process running each model.",
     )
     p.add_argument("--model", default="resnet50",
-                   help="zoo architecture (default resnet50), or a CEPD model file: then that model against "
-                   "its dense architecture, and --flops-remaining and --allocation do not apply")  # fmt: skip
+                   help="zoo architecture (default resnet50) or your own network as MODULE:ATTR (as for "
+                   "convert: naming it imports and runs that code), or a CEPD model file: then that model "
+                   "against its dense architecture, and --flops-remaining and --allocation do not "
+                   "apply")  # fmt: skip
+    add_model_options(p)
     p.add_argument("--flops-remaining", type=float, nargs="+", default=[0.663, 0.461, 0.371],
                    metavar="F", help="CEPD operating points (default: the paper's three)")  # fmt: skip
     p.add_argument("--targets", nargs="+", default=["pynq-z1", "eyeriss", "onnxruntime", "torch"],
@@ -34,6 +40,11 @@ def register(sub) -> None:
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="rank allocation of the CEPD models (as for convert; default uniform)")
     p.add_argument("--threads", type=threads.arg, default=2, help="intra-op threads for measured targets")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="images per run: the models are lowered for this batch and every target runs it "
+                   "whole; the table gives the batch's latency and images/s (default 1)")  # fmt: skip
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak-memory measurement (one process per runtime and model)")  # fmt: skip
     p.add_argument("--repeats", type=positive_int, default=15, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=count, default=3, help="untimed rounds before the timed ones (default 3)")
     p.add_argument("--eyeriss-spec", default="eyeriss_scaled",
@@ -58,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
         measure_on_hugepages()  # re-executes: before anything heavy loads
     from cepd_deploy.bench import report as rep
     from cepd_deploy.bench import run_bench
+    from cepd_deploy.cli.common import model_options
     from cepd_deploy.files import atomic_write
 
     rows = run_bench(args.model, tuple(args.flops_remaining), tuple(args.targets), threads=args.threads,
                      repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
-                     progress=not args.quiet, allocation=args.allocation)  # fmt: skip
+                     progress=not args.quiet, allocation=args.allocation,
+                     source=model_options(args), batch=args.batch, memory=args.memory)  # fmt: skip
     payload = rep.to_payload(rows, args.model)  # the machine of the measured rows included
     texts = {"json": json.dumps(payload, indent=1), "csv": rep.to_csv(rows), "markdown": rep.markdown(rows)}
     for key, path in outs.items():

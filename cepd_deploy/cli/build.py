@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cepd_deploy.cli.common import add_json_arg, add_model_arg, print_json
+from cepd_deploy.cli.common import add_json_arg, add_model_arg, model_options, print_json
 from cepd_deploy.cli.options import add_target_options, options_for
 from cepd_deploy.errors import CEPDError
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{', '.join(targets.names('build'))}")  # fmt: skip
     from cepd_deploy.frontend.load import load_plan
 
-    loaded = load_plan(args.model, args.input_shape)
+    loaded = load_plan(args.model, **model_options(args))
     options = options_for(target, args, label=getattr(args, "label", None) or loaded.label)
     built = target.build(loaded.plan, args.output, options)
     if args.json:

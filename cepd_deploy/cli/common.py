@@ -14,12 +14,47 @@ from pathlib import Path
 
 from cepd_deploy.errors import CEPDError
 
+#: MODEL's help: what a model argument may be
+MODEL_HELP = ("a CEPD model file (.pt), a zoo name (e.g. resnet50) or your own network as MODULE:ATTR: "
+              "pkg.nets:make_net (a module importable from the current directory or sys.path) or "
+              "path/to/nets.py:MyNet, a class or factory returning an nn.Module; naming it imports and "
+              "runs that code")  # fmt: skip
+
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
-    """Add the MODEL argument and ``--input-shape C H W`` to ``p``."""
-    p.add_argument("model", metavar="MODEL", help="a CEPD model file (.pt) or a zoo name (e.g. resnet50)")
+    """Add the MODEL argument and its options (:func:`add_model_options`) to ``p``."""
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    add_model_options(p)
+
+
+def add_model_options(p: argparse.ArgumentParser, *, template: bool = True) -> None:
+    """Add ``--input-shape C H W``, ``--model-args JSON`` and (``template``) ``--template
+    MODULE:ATTR`` and ``--trust-model-code``, the options of a model argument, to ``p``."""
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
-                   help="input shape (default: the one recorded in the file / the zoo's)")  # fmt: skip
+                   help="input shape (default: the one recorded in the file / the zoo's; required for "
+                   "a MODULE:ATTR network)")  # fmt: skip
+    p.add_argument("--model-args", metavar="JSON",
+                   help="""keyword arguments of a MODULE:ATTR network (or --template) as a JSON object, """
+                   """e.g. '{"num_classes": 10}'; recorded in the model files made from it""")  # fmt: skip
+    if not template:
+        return
+    p.add_argument("--template", metavar="MODULE:ATTR",
+                   help="build a model file's network from this class or factory (with --model-args, "
+                   "else the file's recorded arguments), not from the reference it records")  # fmt: skip
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="build the network a model file records as MODULE:ATTR by importing and "
+                   "running that code (a file made from your own network needs it; trust the file "
+                   "first)")  # fmt: skip
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``resolve``/``load_plan`` from the options of a model argument."""
+    from cepd_deploy.model.reference import parse_args
+
+    return {"input_shape": getattr(args, "input_shape", None),
+            "model_args": parse_args(getattr(args, "model_args", None)),
+            "template": getattr(args, "template", None),
+            "trust_code": bool(getattr(args, "trust_model_code", False))}  # fmt: skip
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:

@@ -9,12 +9,22 @@ from cepd_deploy.cli.common import add_json_arg, fraction, output_path, print_js
 from cepd_deploy.names import ALLOCATIONS
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``analyze admm-vs-direct`` (defaults from CompressConfig)."""
+def add_training_args(p: argparse.ArgumentParser, *, own_network: bool = False) -> None:
+    """Options shared with ``analyze admm-vs-direct`` (defaults from CompressConfig);
+    ``own_network``: ``--arch`` may also name a network as ``MODULE:ATTR`` (with ``--model-args``)."""
     from cepd_deploy.compress.config import CompressConfig
 
     d = CompressConfig(output="")
-    p.add_argument("--arch", default="resnet20", help="zoo architecture (default resnet20)")
+    if own_network:
+        p.add_argument("--arch", default="resnet20",
+                       help="zoo architecture (default resnet20), or your own network as MODULE:ATTR "
+                       "(pkg.nets:make_net or path/to/nets.py:MyNet, a class or factory: naming it imports "
+                       "and runs that code; arguments with --model-args)")  # fmt: skip
+        p.add_argument("--model-args", metavar="JSON",
+                       help="""keyword arguments of a MODULE:ATTR --arch as a JSON object, e.g. """
+                       """'{"num_classes": 10}'; recorded in the output""")  # fmt: skip
+    else:
+        p.add_argument("--arch", default="resnet20", help="zoo architecture (default resnet20)")
     p.add_argument("--data", default="digits",
                    help="digits (embedded, default), cifar10:PATH (python batches) or imagefolder:PATH")
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="filter sparsity of S (default 0.9)")
@@ -85,7 +95,7 @@ def register(sub) -> None:
     goal.add_argument("--flops-remaining", type=fraction, help="target fraction of dense MACs, e.g. 0.5")
     goal.add_argument("--params-remaining", type=fraction, help="target fraction of dense params")
     goal.add_argument("--config", help="YAML/JSON per-layer ranks (as for convert)")
-    add_training_args(p)
+    add_training_args(p, own_network=True)
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="how the target is spread over layers (as for convert; default uniform)")
     p.add_argument("--baseline-out", help="also save the trained dense baseline here")
@@ -111,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                       params_remaining=args.params_remaining, config=args.config,
                       baseline_out=args.baseline_out, resume=args.resume,
                       allocation=args.allocation, plot=args.plot)  # fmt: skip
-    result = compress(cfg, progress=not args.no_progress)
+    result = compress(cfg, model_fn=_own_network(args), progress=not args.no_progress)
     if not result["main_process"]:
         return 0  # under torchrun only rank 0 reports
     result.pop("main_process")
@@ -124,3 +134,18 @@ def run(args: argparse.Namespace) -> int:
               f"{result['params_remaining']:.1%} params remaining; log {result['log']}"
               + (f", curves {result['plot']}" if result["plot"] else ""))  # fmt: skip
     return 0
+
+
+def _own_network(args: argparse.Namespace):
+    """A builder of the ``MODULE:ATTR`` network ``--arch`` names (None for a zoo name), checked now."""
+    from cepd_deploy.errors import CEPDError
+    from cepd_deploy.model import reference
+    from cepd_deploy.model.zoo import ZOO
+
+    kwargs = reference.parse_args(args.model_args)
+    if args.arch in ZOO or not reference.looks_like(args.arch):
+        if kwargs is not None:
+            raise CEPDError("--model-args goes with a MODULE:ATTR --arch")
+        return None
+    reference.parse(args.arch)
+    return lambda: reference.build(args.arch, kwargs)

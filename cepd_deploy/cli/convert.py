@@ -1,11 +1,20 @@
-"""``cepd-deploy convert``: a zoo model (or model file) -> CEPD model file at a target."""
+"""``cepd-deploy convert``: a zoo model, your own network (``MODULE:ATTR``) or a model file -> CEPD
+model file at a target."""
 
 from __future__ import annotations
 
 import argparse
 
 from cepd_deploy import threads
-from cepd_deploy.cli.common import add_json_arg, fraction, measure_on_hugepages, output_path, print_json
+from cepd_deploy.cli.common import (
+    add_json_arg,
+    add_model_options,
+    fraction,
+    measure_on_hugepages,
+    model_options,
+    output_path,
+    print_json,
+)
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.names import ALLOCATIONS
 
@@ -19,9 +28,12 @@ def register(sub) -> None:
         "the paper's direct method) and save a CEPD model file.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--arch", help="zoo architecture (random weights unless --weights)")
-    src.add_argument("--model", help="an existing model file to convert")
+    src.add_argument("--arch", help="zoo architecture, or your own network as MODULE:ATTR (pkg.nets:make_net "
+                     "or path/to/nets.py:MyNet, a class or factory: naming it imports and runs that code; "
+                     "with --input-shape and --model-args); random weights unless --weights")  # fmt: skip
+    src.add_argument("--model", help="an existing model file to convert (or a zoo name / MODULE:ATTR)")
     p.add_argument("--weights", help="a model file with trained dense weights for --arch")
+    add_model_options(p)
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--flops-remaining", type=fraction, help="target fraction of dense MACs, e.g. 0.461")
     goal.add_argument("--params-remaining", type=fraction, help="target fraction of dense params")
@@ -61,15 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from cepd_deploy.frontend.convert import convert
     from cepd_deploy.frontend.lower import lower
     from cepd_deploy.model.format import load, resolve, save
-    from cepd_deploy.model.zoo import build_model
     from cepd_deploy.plan.cost import totals
 
-    if args.arch:
-        model, shape, _ = resolve(args.arch)
-        if args.weights:
-            model = load(args.weights, template=build_model(args.arch))
-    else:
-        model, shape, _ = resolve(args.model)
+    model, shape, _ = resolve(args.arch or args.model, **model_options(args))
+    if args.weights:
+        model = load(args.weights, template=model)
     kw = allocation_kwargs(args.allocation, args.threads, progress=not args.no_progress)
     if args.rank_multiple is not None:
         kw["rank_multiple"] = args.rank_multiple

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cepd_deploy.cli.common import add_json_arg, add_model_arg, output_path, print_json
+from cepd_deploy.cli.common import add_json_arg, add_model_arg, model_options, output_path, print_json
 
 FORMATS = ["onnx"]
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from cepd_deploy.plan.cost import totals
     from cepd_deploy.targets.onnx import prepare, to_model
 
-    model, shape, label = resolve(args.model, args.input_shape)
+    model, shape, label = resolve(args.model, **model_options(args))
     plan = lower(model, shape)
     proto = to_model(prepare(plan), fused=args.fused, name=out.stem)
     result = {"model": label, "output": str(out), "format": args.format, "fused": args.fused,

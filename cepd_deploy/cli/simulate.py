@@ -43,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
                         f"{', '.join(targets.names('estimate'))}")  # fmt: skip
     plot_path = output_path(args.plot, suffix=".png") if args.plot else None
     options = options_for(target, args)
+    from cepd_deploy.cli.common import model_options
     from cepd_deploy.files import atomic_write
     from cepd_deploy.frontend.load import load_plan
 
-    loaded = load_plan(args.model, args.input_shape, batch=args.batch)
+    loaded = load_plan(args.model, batch=args.batch, **model_options(args))
     est = target.estimate(loaded.plan, options)
     if plot_path is not None:
         if est.draw is None:

@@ -27,8 +27,8 @@ from pathlib import Path
 from torch import nn
 
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.frontend.candidates import Candidate, candidates, pooled_candidate
 from cepd_deploy.frontend.lower import lower
-from cepd_deploy.model.layers import CEPDConv2d
 from cepd_deploy.plan.cost import nodes_macs, totals
 from cepd_deploy.plan.ttconv import CostFn, TTConvSpec, choose_path, lower_ttconv
 from cepd_deploy.tt import TTLayout
@@ -92,8 +92,12 @@ def convert(
     Give exactly one of ``flops_remaining``, ``params_remaining`` (fractions of the dense
     model, solved within 1% absolute) or ``config`` (a dict or a YAML/JSON file: ``layers``
     maps module names or glob patterns to ``ranks`` and ``sparsity``/``kappa``/``layout``).
-    Grouped convs, the first conv (unless ``convert_first``) and layers where no rank is
-    cheaper than dense stay dense. ``cost`` scores contraction orders (default: MACs).
+    Grouped and depthwise convs, the first conv (unless ``convert_first``), convs with
+    one-sided padding, convs on pooled 1x1 maps (squeeze-excitation, heads; converted only when a
+    config names them) and layers where no rank is cheaper than dense stay dense
+    (:data:`~cepd_deploy.frontend.candidates.REASONS`). ``nn.Linear`` layers applied to
+    channels-last maps (ConvNeXt's pointwise layers) are converted as 1x1 convs. ``cost``
+    scores contraction orders (default: MACs).
     ``rank_multiple`` (targets only) restricts ranks to multiples of it (e.g. 16, the AVX-512
     width, for runtimes with blocked-channel kernels), capped at each layer's useful maximum.
     ``latency`` (targets only): allocate for the least summed latency at the target instead of
@@ -108,16 +112,16 @@ def convert(
     shape = _input_shape(model, input_shape)
     model = copy.deepcopy(model).eval()
     dense = lower(model, shape, cost=cost)
-    convs = _candidates(model, dense, convert_first)
+    convs, reasons = candidates(model, dense, convert_first)
     if config is not None:
+        convs |= {name: pooled_candidate(model, name) for name, why in reasons.items() if why == "pooled"}
         choices = _from_config(rank_config, convs, sparsity, layout)
     else:
         metric = "macs" if flops_remaining is not None else "params"
         target = flops_remaining if flops_remaining is not None else params_remaining
         choices = allocate(dense, convs, target, metric, sparsity, layout, cost, rank_multiple, latency)
     for name, choice in choices.items():
-        _replace(model, name, CEPDConv2d.from_conv(convs[name], ranks=choice.ranks,
-                                                   kappa=choice.kappa, layout=choice.layout))  # fmt: skip
+        _replace(model, name, convs[name].cepd(choice.ranks, choice.kappa, choice.layout))
     if hasattr(model, "cepd_arch"):
         model.cepd_arch = dict(model.cepd_arch)
     return model
@@ -133,25 +137,6 @@ def _input_shape(model: nn.Module, input_shape) -> tuple[int, ...]:
         return (1, *zoo_shape(arch["name"]))
     shape = tuple(int(s) for s in input_shape)
     return shape if len(shape) == 4 else (1, *shape)
-
-
-def _candidates(model: nn.Module, dense, convert_first: bool) -> dict[str, nn.Conv2d]:
-    """Convs that may become CEPD convs, in execution order."""
-    modules = dict(model.named_modules())
-    out = {}
-    first = True
-    for name, info in dense.layers.items():
-        if info.kind != "conv":
-            continue
-        conv = modules.get(name)
-        skip = first and not convert_first
-        first = False
-        if skip or not isinstance(conv, nn.Conv2d) or conv.groups != 1:
-            continue
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            continue
-        out[name] = conv
-    return out
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -303,7 +288,7 @@ def _layer_costs(spec_key, metric: str, cost: Callable) -> tuple[float, ...]:
 
 def allocate(
     dense,
-    convs: dict[str, nn.Conv2d],
+    convs: dict[str, Candidate],
     target: float,
     metric: str,
     sparsity: float,
@@ -392,7 +377,7 @@ def _uniform(rows, pick, total, goal: float) -> list[int]:
 
 
 
-def _probe(conv: nn.Conv2d, in_shape, act: str | None, kappa: int, layout: str) -> LayerProbe:
+def _probe(conv: Candidate, in_shape, act: str | None, kappa: int, layout: str) -> LayerProbe:
     return LayerProbe(conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
                       tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), tuple(in_shape),
                       act, kappa, layout)  # fmt: skip

@@ -30,12 +30,18 @@ def load_plan(
     source: Any,
     input_shape: Sequence[int] | None = None,
     batch: int = 1,
+    *,
+    model_args: dict | None = None,
+    template: str | None = None,
+    trust_code: bool = False,
 ) -> Loaded:
     """The Plan of ``source`` for ``batch`` images.
 
     ``source``: a :class:`Plan` (used as it is), an ``nn.Module`` (lowered; its recorded input
-    shape, else ``input_shape``), a path to a CEPD model file, or a zoo name. ``input_shape`` is
-    (C, H, W) or (N, C, H, W) (N is ignored: ``batch`` sets it).
+    shape, else ``input_shape``), a path to a CEPD model file, a zoo name, or a network reference
+    ``MODULE:ATTR`` (built with ``model_args``). ``input_shape`` is (C, H, W) or (N, C, H, W) (N is
+    ignored: ``batch`` sets it). ``template`` and ``trust_code``: how a model file's network is
+    built (see :func:`cepd_deploy.model.format.resolve`).
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise CEPDError(f"batch must be a positive integer, got {batch!r}")
@@ -46,7 +52,8 @@ def load_plan(
     if isinstance(source, (str, os.PathLike)):
         from cepd_deploy.model.format import resolve
 
-        model, shape, label = resolve(os.fspath(source), input_shape)
+        model, shape, label = resolve(os.fspath(source), input_shape, model_args=model_args,
+                                      template=template, trust_code=trust_code)  # fmt: skip
     else:
         from torch import nn
 

@@ -4,9 +4,14 @@ A file is a dict of plain types and tensors::
 
     {"format": "cepd-model", "version": 1,
      "arch": {"name": "resnet50", "kwargs": {...}} or None,   # None: a user's own network
+     "network": {"ref": "pkg.nets:make_net", "kwargs": {...}},  # only for a user's network named
+                                                               # by reference (model/reference.py)
      "input_shape": [3, 224, 224] or None,
      "layers": {module name: CEPDConv2d.meta()},               # which convs are CEPD convs
      "state_dict": {...}, "info": {...}}
+
+A user's network is rebuilt from its recorded reference (its code imported, never unpickled) only
+with the user's consent (``trust_code``), or put into a template the user names.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from torch import nn
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.files import atomic_write
+from cepd_deploy.model import reference
 from cepd_deploy.model.layers import CEPDConv2d
+from cepd_deploy.model.reference import Reference
 from cepd_deploy.untrusted import brief, clip
 
 FORMAT = "cepd-model"
@@ -43,6 +50,10 @@ def save(
     """Write ``model`` atomically (temporary file, then rename): nothing partial is left behind."""
     path = Path(path)
     arch = getattr(model, "cepd_arch", None)
+    network = None if arch else getattr(model, "cepd_network", None)
+    if network is not None:  # what read() accepts: a well-formed reference and plain JSON arguments
+        reference.parse(network["ref"])
+        network = {"ref": network["ref"], "kwargs": reference.check_args(network.get("kwargs") or {})}
     layers = {n: m.meta() for n, m in model.named_modules() if isinstance(m, CEPDConv2d)}
     if input_shape is None and arch is not None:
         from cepd_deploy.model.zoo import input_shape as zoo_shape
@@ -57,6 +68,8 @@ def save(
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "info": dict(info or {}),
     }
+    if network is not None:  # only then: a zoo model's file stays what it was
+        payload["network"] = network
     if not _plain(payload["info"], MAX_PLAIN_NODES, 32):  # read() would refuse the file
         raise CEPDError("model info must be plain data (numbers, text, lists, dicts)")
     atomic_write(path, lambda f: torch.save(payload, f))
@@ -157,6 +170,7 @@ def _validate(path: Path, data) -> None:
     if not isinstance(data.get("info", {}), dict):
         raise CEPDError(f"{path}: field 'info' malformed")
     _validate_arch(path, data.get("arch"))
+    _validate_network(path, data)
     shape = data.get("input_shape")
     if shape is not None and not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(
             type(s) is int and 1 <= s <= (MAX_CHANNELS if i == 0 else MAX_IMAGE)
@@ -222,6 +236,22 @@ def _validate_arch(path: Path, arch) -> None:
                             f"got {brief(value)}")  # fmt: skip
 
 
+def _validate_network(path: Path, data: dict) -> None:
+    """The recorded network reference is well formed (nothing is imported here)."""
+    network = data.get("network")
+    if network is None:
+        return
+    if not (isinstance(network, dict) and set(network) == {"ref", "kwargs"}):
+        raise CEPDError(f"{path}: field 'network' malformed")
+    if data.get("arch") is not None:
+        raise CEPDError(f"{path}: records both a zoo architecture and a network reference")
+    try:
+        reference.parse(network["ref"])
+        reference.check_args(network["kwargs"], "arguments")
+    except CEPDError as exc:
+        raise CEPDError(f"{path}: field 'network': {exc}") from None
+
+
 def validate_layer_meta(path: Path, name: str, meta) -> None:
     """Types and ranges of one CEPD layer's metadata (its tensors are checked next)."""
     if not isinstance(meta, dict):
@@ -229,7 +259,9 @@ def validate_layer_meta(path: Path, name: str, meta) -> None:
     for key, kind in _META_KEYS.items():
         if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta[key], bool)):
             raise CEPDError(f"{path}: metadata of layer {brief(name)} lacks a valid {key!r}")
-    unknown = sorted((k for k in meta if k not in _META_KEYS), key=repr)
+    if not isinstance(meta.get("channels_last", False), bool):  # optional: a 1x1 layer replacing nn.Linear
+        raise CEPDError(f"{path}: metadata of layer {brief(name)} has a non-boolean 'channels_last'")
+    unknown = sorted((k for k in meta if k not in _META_KEYS and k != "channels_last"), key=repr)
     if unknown:
         raise CEPDError(f"{path}: metadata of layer {brief(name)} has an unknown field {brief(unknown[0])}")
 
@@ -276,16 +308,37 @@ def _check_layer_tensors(path: Path, name: str, meta: dict, state: dict) -> None
                             f"implies {tuple(want.shape)}")  # fmt: skip
 
 
-def load(path: str | Path, template: nn.Module | None = None, *, check_values: bool = True) -> nn.Module:
-    """Rebuild a CEPD model: the zoo architecture named in the file, or ``template``.
+def load(
+    path: str | Path,
+    template: nn.Module | Reference | None = None,
+    *,
+    check_values: bool = True,
+    trust_code: bool = False,
+) -> nn.Module:
+    """Rebuild a CEPD model: the zoo architecture named in the file, ``template``, or the network
+    reference the file records.
 
-    ``template`` is a user's own network (its dense convs are replaced by the file's CEPD
-    layers). Tensors are checked against the metadata before any network is built (a zoo
-    architecture is first built on the meta device, which allocates nothing); the model is
-    returned in eval mode. ``check_values=False`` accepts NaN/Inf weights (see :func:`read`).
+    ``template`` is a user's own network (its dense convs are replaced by the file's CEPD layers),
+    or a :class:`Reference` to one (built with its kwargs, or the file's recorded ones when None).
+    A recorded reference is imported and called only with ``trust_code=True``: a model file is
+    data (perhaps downloaded), and building its network runs the code it names. Tensors are
+    checked against the metadata before any network is built (a zoo architecture is first built
+    on the meta device, which allocates nothing); the model is returned in eval mode.
+    ``check_values=False`` accepts NaN/Inf weights (see :func:`read`).
     """
     path = Path(path)
     data = read(path, check_values=check_values)
+    network = data.get("network")
+    if isinstance(template, Reference):
+        recorded = network["kwargs"] if network is not None else {}
+        template = reference.build(template.ref, recorded if template.kwargs is None else template.kwargs)
+    if template is None and data["arch"] is None and network is not None:
+        if not trust_code:
+            raise CEPDError(f"{path}: records the network {brief(network['ref'])} with arguments "
+                            f"{brief(network['kwargs'])}; building it imports and runs that code: pass "
+                            "--trust-model-code (trust_code=True) if you trust this file, or name the "
+                            "network yourself with --template MODULE:ATTR")  # fmt: skip
+        template = _build_recorded(path, network)
     if template is not None:
         import copy
 
@@ -302,7 +355,8 @@ def load(path: str | Path, template: nn.Module | None = None, *, check_values: b
         del skeleton
         model = build_model(data["arch"]["name"], **data["arch"].get("kwargs", {}))
     else:
-        raise CEPDError(f"{path}: holds a custom network; load it with template=<your module>")
+        raise CEPDError(f"{path}: holds a custom network and records no MODULE:ATTR reference to it; name "
+                        "it with --template MODULE:ATTR (template=<your network> in Python)")  # fmt: skip
     _apply_layers(path, model, data["layers"])
     state = data["state_dict"]
     _check_state(path, model, state)
@@ -319,6 +373,30 @@ def load(path: str | Path, template: nn.Module | None = None, *, check_values: b
     return model.eval()
 
 
+def _build_recorded(path: Path, network: dict) -> nn.Module:
+    """The network a file records, with a one-line way out where its code is not where it was."""
+    try:
+        return reference.build(network["ref"], network["kwargs"])
+    except reference.NotFound as exc:
+        raise CEPDError(f"{path}: records the network {network['ref']}, not found here: {exc.reason}; run "
+                        "from the folder it was converted in, or pass --template MODULE:ATTR naming where "
+                        "it is now") from None  # fmt: skip
+    except CEPDError as exc:
+        raise CEPDError(f"{path}: {exc}") from None
+
+
+def dense_architecture(model: nn.Module) -> nn.Module | None:
+    """A fresh dense network of ``model``'s architecture (random weights), from the zoo name or the
+    network reference it carries; None for a network that carries neither (a template object)."""
+    arch = getattr(model, "cepd_arch", None)
+    if arch is not None:
+        from cepd_deploy.model.zoo import build_model
+
+        return build_model(arch["name"], **arch.get("kwargs", {})).eval()
+    network = getattr(model, "cepd_network", None)
+    return reference.build(network["ref"], network["kwargs"]) if network is not None else None
+
+
 def _apply_layers(path: Path, model: nn.Module, layers: dict, *, meta_device: bool = False) -> None:
     """Replace the convs named in ``layers`` by CEPD layers built from their metadata."""
     for name, meta in layers.items():
@@ -326,8 +404,12 @@ def _apply_layers(path: Path, model: nn.Module, layers: dict, *, meta_device: bo
             old = model.get_submodule(name)
         except AttributeError:
             raise CEPDError(f"{path}: layer {brief(name)} does not exist in the architecture") from None
-        if not isinstance(old, (nn.Conv2d, CEPDConv2d)) or (old.in_channels, old.out_channels) != (
-            meta["in_channels"], meta["out_channels"]):  # fmt: skip
+        if isinstance(old, nn.Linear) and meta.get("channels_last"):  # a pointwise layer on (N, H, W, C)
+            channels = (old.in_features, old.out_features)
+        else:
+            conv = isinstance(old, (nn.Conv2d, CEPDConv2d))
+            channels = (old.in_channels, old.out_channels) if conv else None
+        if channels != (meta["in_channels"], meta["out_channels"]):
             raise CEPDError(f"{path}: layer {brief(name)} contradicts the architecture")
         try:
             if meta_device:
@@ -360,21 +442,50 @@ def _check_state(path: Path, model: nn.Module, state: dict) -> None:
             raise CEPDError(f"{path}: tensor {key!r} is {value.dtype}, the model holds {own[key].dtype}")
 
 
-def resolve(model_arg: str, input_shape=None) -> tuple[nn.Module, tuple[int, ...], str]:
-    """A CLI MODEL argument (a model file or a zoo name) -> (model, (1, C, H, W), label)."""
+def resolve(
+    model_arg: str,
+    input_shape=None,
+    *,
+    model_args: dict | None = None,
+    template: str | None = None,
+    trust_code: bool = False,
+) -> tuple[nn.Module, tuple[int, ...], str]:
+    """A CLI MODEL argument -> (model, (1, C, H, W), label).
+
+    ``model_arg``: a model file, a zoo name, or a network reference ``MODULE:ATTR`` (built with
+    ``model_args``; it needs ``input_shape``). For a model file, ``template`` names the network its
+    weights go into (``model_args`` or the file's recorded arguments), and ``trust_code`` lets the
+    network reference the file records be imported and built (see :func:`load`).
+    """
     from cepd_deploy.model.zoo import ZOO, build_model
     from cepd_deploy.model.zoo import input_shape as zoo_shape
 
-    if model_arg in ZOO and not Path(model_arg).exists():
-        model = build_model(model_arg).eval()
-        shape = zoo_shape(model_arg)
-    elif not Path(model_arg).exists():
-        raise CEPDError(f"{model_arg!r} is neither a model file nor a zoo model ({', '.join(ZOO)})")
-    else:
-        model = load(model_arg)
+    path = Path(model_arg)
+    if path.exists():
+        if path.suffix == ".py" and path.is_file():
+            raise CEPDError(f"{model_arg} is Python source: name the network in it, as {model_arg}:MyNet")
+        if model_args is not None and template is None:
+            raise CEPDError("--model-args goes with a MODULE:ATTR network or --template, not a model file")
+        model = load(model_arg, Reference(template, model_args) if template else None, trust_code=trust_code)
         shape = getattr(model, "cepd_input_shape", None)
-        if shape is None:
-            raise CEPDError(f"{model_arg}: the file records no input shape")
+        if shape is None and input_shape is None:
+            raise CEPDError(f"{model_arg}: the file records no input shape; give --input-shape C H W")
+        label = path.stem
+    elif template is not None:
+        raise CEPDError(f"--template goes with a model file; {model_arg!r} is not one")
+    elif model_arg in ZOO:
+        if model_args is not None:
+            raise CEPDError(f"--model-args goes with a MODULE:ATTR network; {model_arg} is a zoo name")
+        model, shape, label = build_model(model_arg).eval(), zoo_shape(model_arg), model_arg
+    elif reference.looks_like(model_arg):
+        reference.parse(model_arg)
+        if input_shape is None:  # before any of the user's code runs
+            raise CEPDError(f"{model_arg}: give --input-shape C H W (a network named by reference "
+                            "records none)")  # fmt: skip
+        model, shape, label = reference.build(model_arg, model_args), None, reference.label(model_arg)
+    else:
+        raise CEPDError(f"{model_arg!r} is neither a model file nor a zoo model ({', '.join(ZOO)}) nor a "
+                        "network MODULE:ATTR (pkg.nets:make_net, path/to/nets.py:MyNet)")  # fmt: skip
     if input_shape is not None:
         shape = tuple(input_shape)[-3:]
-    return model, (1, *shape), Path(model_arg).stem if Path(model_arg).exists() else model_arg
+    return model, (1, *shape), label

@@ -46,8 +46,10 @@ class CEPDConv2d(nn.Module):
         padding=0,
         dilation=1,
         bias: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = bool(channels_last)  # a 1x1 layer replacing nn.Linear on (N, H, W, C)
         kernel = _pair(kernel_size)
         lay = TTLayout.parse(layout, out_channels, in_channels, kernel,
                              tuple(o_factors) if o_factors else None,
@@ -110,6 +112,17 @@ class CEPDConv2d(nn.Module):
         if bias is not None and self.bias is not None:
             self.bias.copy_(bias)
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, ranks: Sequence[int], kappa: int = 0,
+                    layout: str = "o-k-i") -> CEPDConv2d:  # fmt: skip
+        """A channels-last 1x1 CEPD layer computing ``linear`` over the last dim of (N, H, W, C)
+        (the pointwise layers of ConvNeXt-style blocks)."""
+        layer = cls(linear.in_features, linear.out_features, 1, ranks=ranks, kappa=kappa, layout=layout,
+                    bias=linear.bias is not None, channels_last=True)  # fmt: skip
+        w = linear.weight.detach()[:, :, None, None]
+        layer.set_weights(w, linear.bias.detach() if linear.bias is not None else None)
+        return layer
+
     # -- shapes and meta ----------------------------------------------------------------
     @property
     def layout(self) -> TTLayout:
@@ -143,7 +156,7 @@ class CEPDConv2d(nn.Module):
             "padding": list(s.padding),
             "dilation": list(s.dilation),
             "bias": self.bias is not None,
-        }
+        } | ({"channels_last": True} if self.channels_last else {})
 
     @classmethod
     def from_meta(cls, meta: dict) -> CEPDConv2d:
@@ -151,7 +164,7 @@ class CEPDConv2d(nn.Module):
                    ranks=meta["ranks"], kappa=meta["kappa"], layout=meta["layout"],
                    o_factors=meta["o_factors"], i_factors=meta["i_factors"],
                    stride=meta["stride"], padding=meta["padding"], dilation=meta["dilation"],
-                   bias=meta["bias"])  # fmt: skip
+                   bias=meta["bias"], channels_last=meta.get("channels_last", False))  # fmt: skip
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -175,6 +188,11 @@ class CEPDConv2d(nn.Module):
         return self._paths[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return self._forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
         path = self.path_for(shape)
         key = (shape, tuple(self.s_index.tolist()))
@@ -199,7 +217,9 @@ class CEPDConv2d(nn.Module):
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same layer through one dense conv of :meth:`reconstruct` (for checks)."""
         s = self.spec
-        return F.conv2d(x, self.reconstruct(), self.bias, s.stride, s.padding, s.dilation)
+        nchw = x.permute(0, 3, 1, 2) if self.channels_last else x
+        y = F.conv2d(nchw, self.reconstruct(), self.bias, s.stride, s.padding, s.dilation)
+        return y.permute(0, 2, 3, 1) if self.channels_last else y
 
 
 def select_filters(weight: torch.Tensor, kappa: int) -> torch.Tensor:

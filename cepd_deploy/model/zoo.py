@@ -6,6 +6,11 @@ AvgPool2d, AdaptiveAvgPool2d((1, 1)), Linear, Dropout, torch.flatten,
 operator.add, torch.cat along dim 1). Module names follow torchvision
 (``conv1``, ``bn1``, ``layer1.0.downsample.0``, ``fc``, ``features``,
 ``classifier``) so state dicts look familiar.
+
+The public-architecture entries (``mobilenetv3_small``, ``efficientnet_b0``, ``shufflenetv2``,
+``densenet121``, ``convnext_tiny``, ``deeplabv3``) are the exception: they live in
+:mod:`cepd_deploy.model.archs`, written as their reference code writes them (functional calls,
+tensor methods, in-place ops, shape arithmetic), not in the friendly forms above.
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.model.archs import (
+    convnext_tiny,
+    deeplabv3,
+    densenet121,
+    efficientnet_b0,
+    mobilenetv3_small,
+    shufflenetv2,
+)
 
 __all__ = ["ZOO", "ZooEntry", "build_model", "input_shape"]
 
@@ -385,6 +398,12 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("resnet50", resnet50, _IMAGENET, 1000, "imagenet"),
         ZooEntry("vgg16", vgg16, _IMAGENET, 1000, "imagenet"),
         ZooEntry("alexnet", alexnet, (3, 227, 227), 1000, "imagenet"),
+        ZooEntry("mobilenetv3_small", mobilenetv3_small, _IMAGENET, 1000, "imagenet"),
+        ZooEntry("efficientnet_b0", efficientnet_b0, _IMAGENET, 1000, "imagenet"),
+        ZooEntry("shufflenetv2", shufflenetv2, _IMAGENET, 1000, "imagenet"),
+        ZooEntry("densenet121", densenet121, _IMAGENET, 1000, "imagenet"),
+        ZooEntry("convnext_tiny", convnext_tiny, _IMAGENET, 1000, "imagenet"),
+        ZooEntry("deeplabv3", deeplabv3, (3, 512, 512), 21, "voc"),
     ]
 }
 

@@ -72,13 +72,21 @@ class NativeLayer:
         return self.run_into(x, y, residual)
 
 
-def from_plan(plan: Plan, name: str) -> tuple[NativeLayer, str, str | None]:
-    """The kernel for CEPD layer ``name`` of ``plan`` (BN folded into its epilogue, as the fused
-    export runs it), with the names of the layer's input and residual values (or None)."""
+def layer_arrays(plan: Plan, name: str) -> tuple[KernelLayer, list[np.ndarray], list[int] | None]:
+    """What ``cepd_tts_create`` takes for CEPD layer ``name`` of ``plan`` (BN folded into its
+    epilogue, as the fused export runs it): the layer, its weights in the kernel's order and the
+    S filters' output channels (or None)."""
     block = next((b for b in plan.blocks() if b.layer == name), None)
     if block is None:
         raise CEPDError(f"{name!r} is not a CEPD layer of this Plan")
     weights = [plan.consts[w] for n in block.nodes if n.op in WEIGHTED for w in n.weights]
     weights += [plan.consts[c] for c in (block.epilogue.scale, block.epilogue.bias) if c]
-    kernel = NativeLayer(KernelLayer.from_block(block), weights, block.index or None)
-    return kernel, block.input, block.residual
+    return KernelLayer.from_block(block), weights, list(block.index) or None
+
+
+def from_plan(plan: Plan, name: str) -> tuple[NativeLayer, str, str | None]:
+    """The kernel for CEPD layer ``name`` of ``plan`` (:func:`layer_arrays`), with the names of the
+    layer's input and residual values (or None)."""
+    spec, weights, index = layer_arrays(plan, name)
+    block = next(b for b in plan.blocks() if b.layer == name)
+    return NativeLayer(spec, weights, index), block.input, block.residual

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import platform
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,7 +70,10 @@ def set_threads(n: int) -> None:
     _lib().cepd_tts_set_threads(clamp(n, "native kernel threads"))
 
 
-ISAS = ("scalar", "avx2", "avx512f")  # the kernel's tile builds, by level
+#: the kernel's tile builds on this machine, by level (``cepd_tts_isa_names``): x86-64 has AVX2 and
+#: AVX-512 builds, AArch64 a NEON one (setup.py compiles each machine's tile sources)
+ARM64 = platform.machine().lower() in ("aarch64", "arm64")
+ISAS = ("scalar", "neon") if ARM64 else ("scalar", "avx2", "avx512f")
 
 
 def isa() -> str:

@@ -46,8 +46,10 @@ def _weight_sizes(node: Node) -> list[int]:
         sizes.append(node.attrs.cout * node.attrs.cin)
     elif node.op is Op.LINEAR:
         sizes.append(node.out_shape[1] * node.in_shapes[0][1])
-    if node.op is Op.AFFINE:
+    if node.op in (Op.AFFINE, Op.LAYERNORM):
         sizes += [node.out_shape[1]] * 2
+    elif node.op is Op.ACT and node.weights:  # prelu slopes (one per channel, or one)
+        sizes.append(node.out_shape[1])
     channels = node.out_shape[1]
     sizes += [channels for x in (node.epilogue.scale, node.epilogue.bias) if x]
     return sizes

@@ -60,14 +60,24 @@ class Op(str, Enum):
     MAXPOOL = "maxpool"  # attrs kernel, stride, padding (a 1x1 maxpool with stride subsamples)
     AVGPOOL = "avgpool"  # attrs kernel, stride, padding (count_include_pad=True)
     GLOBAL_AVGPOOL = "global_avgpool"  # (N, C, H, W) -> (N, C, 1, 1)
+    # modern-network ops
+    ACT = "act"  # elementwise activation other than ReLU: attrs kind (see ACTIVATIONS), alpha
+    MUL = "mul"  # a * b; b has a's shape or (N, C, 1, 1) (broadcast over the image: squeeze-excitation)
+    SLICE = "slice"  # channels [start, stop) (chunk, split, x[:, a:b])
+    PAD = "pad"  # zero padding (top, bottom, left, right) of an (N, C, H, W) map
+    RESIZE = "resize"  # to attrs size: nearest (floor) or bilinear (align_corners or half-pixel)
+    LAYERNORM = "layernorm"  # normalise over channels at each position; weights scale, shift (C,)
 
+
+#: Activations of ``Op.ACT`` (``kind``), with their torch definitions in plan/reference.py.
+#: ``leaky_relu`` uses ``alpha`` as its negative slope; ``prelu`` reads per-channel slopes
+#: (``weights[0]``, shape (C,)). ``gelu`` is the exact (erf) GELU.
+ACTIVATIONS = ("sigmoid", "hardsigmoid", "silu", "hardswish", "gelu", "tanh", "leaky_relu", "prelu")
 
 #: Ops that contract with a weight tensor (``weights[0]``) and may carry a bias.
 WEIGHTED = frozenset({Op.CONV, Op.MATMUL, Op.LINEAR})
 #: Ops that may carry an :class:`Epilogue`.
-EPILOGUE_OPS = frozenset(
-    {Op.CONV, Op.MATMUL, Op.LINEAR, Op.AFFINE, Op.SCATTER_ADD, Op.ADD, Op.PERMUTE}
-)
+EPILOGUE_OPS = frozenset({Op.CONV, Op.MATMUL, Op.LINEAR, Op.AFFINE, Op.SCATTER_ADD, Op.ADD, Op.PERMUTE})
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ Pair = tuple[int, int]
 # -- attributes: one frozen class per op kind, checked by verify -----------------------------
 @dataclass(frozen=True)
 class NoAttrs:
-    """Ops without attributes (LINEAR, AFFINE, CONCAT, FLATTEN, ADD, GLOBAL_AVGPOOL)."""
+    """Ops without attributes (LINEAR, AFFINE, CONCAT, FLATTEN, ADD, MUL, GLOBAL_AVGPOOL)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +163,64 @@ class ReluAttrs:
     max: float | None = None
 
 
-Attrs = NoAttrs | ConvAttrs | MatmulAttrs | PermuteAttrs | ScatterAttrs | PoolAttrs | ReluAttrs
+@dataclass(frozen=True)
+class ActAttrs:
+    """An activation of :data:`ACTIVATIONS`; ``alpha`` is leaky_relu's negative slope."""
+
+    kind: str
+    alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class SliceAttrs:
+    """Channels ``[start, stop)`` of the input."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class PadAttrs:
+    """Zero padding of the image: (top, bottom, left, right) rows/columns."""
+
+    pads: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ResizeAttrs:
+    """Resize the image to ``size`` (H', W').
+
+    ``nearest``: source pixel floor(dst * in / out) (torch's ``nearest``, ONNX asymmetric/floor);
+    ``bilinear``: with ``align_corners`` corners map to corners, else half-pixel centres with
+    source coordinates clamped at 0 (torch's ``bilinear``).
+    """
+
+    size: Pair
+    mode: str = "nearest"
+    align_corners: bool = False
+
+
+@dataclass(frozen=True)
+class NormAttrs:
+    """Layer norm over the channel dim at each position: (x - mean) / sqrt(var + eps) * scale + shift."""
+
+    eps: float = 1e-5
+
+
+Attrs = (
+    NoAttrs
+    | ConvAttrs
+    | MatmulAttrs
+    | PermuteAttrs
+    | ScatterAttrs
+    | PoolAttrs
+    | ReluAttrs
+    | ActAttrs
+    | SliceAttrs
+    | PadAttrs
+    | ResizeAttrs
+    | NormAttrs
+)
 
 #: The attribute class of every op (verify checks it).
 ATTRS: dict[Op, type] = {
@@ -170,6 +237,12 @@ ATTRS: dict[Op, type] = {
     Op.MAXPOOL: PoolAttrs,
     Op.AVGPOOL: PoolAttrs,
     Op.GLOBAL_AVGPOOL: NoAttrs,
+    Op.ACT: ActAttrs,
+    Op.MUL: NoAttrs,
+    Op.SLICE: SliceAttrs,
+    Op.PAD: PadAttrs,
+    Op.RESIZE: ResizeAttrs,
+    Op.LAYERNORM: NormAttrs,
 }
 
 

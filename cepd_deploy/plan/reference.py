@@ -65,6 +65,45 @@ def _pool(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
     return pool(xs[0], a.kernel, a.stride, a.padding, ceil_mode=a.ceil_mode)
 
 
+#: Every activation of ``Op.ACT`` (its executable definition; ``prelu`` gets its slopes).
+ACTIVATION_FNS = {
+    "sigmoid": lambda x, a, w: torch.sigmoid(x),
+    "hardsigmoid": lambda x, a, w: F.hardsigmoid(x),
+    "silu": lambda x, a, w: F.silu(x),
+    "hardswish": lambda x, a, w: F.hardswish(x),
+    "gelu": lambda x, a, w: F.gelu(x),
+    "tanh": lambda x, a, w: torch.tanh(x),
+    "leaky_relu": lambda x, a, w: F.leaky_relu(x, a.alpha),
+    "prelu": lambda x, a, w: F.prelu(x, w),
+}
+
+
+def _activation(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
+    slopes = w[node.weights[0]] if node.weights else None
+    return ACTIVATION_FNS[node.attrs.kind](xs[0], node.attrs, slopes)
+
+
+def _resize(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
+    a = node.attrs
+    if a.mode == "nearest":
+        return F.interpolate(xs[0], size=a.size, mode="nearest")
+    return F.interpolate(xs[0], size=a.size, mode="bilinear", align_corners=a.align_corners)
+
+
+def _layernorm(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
+    x = xs[0]
+    scale, shift = (w[k] for k in node.weights)
+    if x.dim() == 2:
+        return F.layer_norm(x, (x.shape[1],), scale, shift, node.attrs.eps)
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), scale, shift, node.attrs.eps)
+    return y.permute(0, 3, 1, 2)
+
+
+def _pad(node: Node, xs: list[Tensor], w: Mapping[str, Tensor]) -> Tensor:
+    top, bottom, left, right = node.attrs.pads
+    return F.pad(xs[0], (left, right, top, bottom))
+
+
 HANDLERS = {
     Op.CONV: _conv,
     Op.MATMUL: _matmul,
@@ -79,6 +118,12 @@ HANDLERS = {
     Op.MAXPOOL: _pool,
     Op.AVGPOOL: _pool,
     Op.GLOBAL_AVGPOOL: lambda node, xs, w: xs[0].mean(dim=(2, 3), keepdim=True),
+    Op.ACT: _activation,
+    Op.MUL: lambda node, xs, w: xs[0] * xs[1],
+    Op.SLICE: lambda node, xs, w: xs[0][:, node.attrs.start : node.attrs.stop],
+    Op.PAD: _pad,
+    Op.RESIZE: _resize,
+    Op.LAYERNORM: _layernorm,
 }
 
 

@@ -6,8 +6,10 @@ from cepd_deploy.plan.cost import node_macs, node_params, totals
 from cepd_deploy.plan.ir import Plan
 
 
-def layer_rows(plan: Plan) -> list[dict]:
-    """One row per source conv/linear layer: structure, params and MACs from the Plan."""
+def layer_rows(plan: Plan, why_dense: dict[str, str] | None = None) -> list[dict]:
+    """One row per source conv/linear layer: structure, params and MACs from the Plan, and for a
+    conv that stayed dense, why (``why_dense``: layer -> reason)."""
+    why_dense = why_dense or {}
     rows = []
     for name, info in plan.layers.items():
         nodes = plan.layer_nodes(name)
@@ -25,7 +27,7 @@ def layer_rows(plan: Plan) -> list[dict]:
             "macs": sum(node_macs(n) for n in nodes),
             "dense_params": info.dense_params,
             "dense_macs": info.dense_macs,
-        })  # fmt: skip
+        } | ({"dense_because": why_dense[name]} if name in why_dense else {}))  # fmt: skip
     return rows
 
 
@@ -49,8 +51,8 @@ def _si(n: float) -> str:
     return str(int(n))
 
 
-def summary(plan: Plan) -> str:
-    """The per-layer table and the totals line."""
+def summary(plan: Plan, why_dense: dict[str, str] | None = None) -> str:
+    """The per-layer table, the totals line, and why convs stayed dense (grouped by reason)."""
     headers = ["layer", "weight", "layout", "factors", "ranks", "kept", "order", "params", "MACs"]
     rows = [[r["name"], "x".join(map(str, r["weight_shape"])), r["layout"], r["factors"] or "-",
              ",".join(map(str, r["ranks"])) or "-", r["kept_filters"] if r["kind"] == "cepd" else "-",
@@ -61,4 +63,13 @@ def summary(plan: Plan) -> str:
         f"({t['flops_remaining']:.1%} FLOPs remaining), {_si(t['params'])} params of "
         f"{_si(t['dense_params'])} ({t['params_remaining']:.1%} remaining), {t['ops']} ops"
     )
-    return format_table(headers, rows, "lllllrlrr") + "\n" + foot
+    groups: dict[str, list[str]] = {}
+    for name, reason in (why_dense or {}).items():
+        groups.setdefault(reason, []).append(name)
+    why = [f"stayed dense, {reason}: {_names(names)}" for reason, names in groups.items()]
+    return "\n".join([format_table(headers, rows, "lllllrlrr"), foot, *why])
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

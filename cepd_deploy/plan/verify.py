@@ -6,7 +6,18 @@ import math
 from collections.abc import Callable
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import ATTRS, EPILOGUE_OPS, WEIGHTED, CEPDBlock, Node, Op, Plan, Role, conv_out_hw
+from cepd_deploy.plan.ir import (
+    ACTIVATIONS,
+    ATTRS,
+    EPILOGUE_OPS,
+    WEIGHTED,
+    CEPDBlock,
+    Node,
+    Op,
+    Plan,
+    Role,
+    conv_out_hw,
+)
 
 
 def _conv_out(node: Node) -> tuple[int, ...]:
@@ -64,11 +75,89 @@ def _rule_scatter(node: Node, plan: Plan) -> str | None:
     return None
 
 
+def _pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """Pooled size as torch computes it (with ceil_mode the last window starts inside the input)."""
+    out = -(-(size + 2 * p - k) // s) + 1 if ceil else (size + 2 * p - k) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= size + p else out
+
+
+def _rule_pool(node: Node, plan: Plan) -> str | None:
+    n, c, h, w = node.in_shapes[0]
+    if node.op is Op.GLOBAL_AVGPOOL:
+        want = (n, c, 1, 1)
+    else:
+        a = node.attrs
+        want = (n, c, *(_pool_out(x, k, s, p, a.ceil_mode) for x, k, s, p in zip((h, w), a.kernel, a.stride,
+                                                                                a.padding)))  # fmt: skip
+    return None if node.out_shape == want else f"output shape {node.out_shape} != computed {want}"
+
+
+def _rule_act(node: Node, plan: Plan) -> str | None:
+    kind, c = node.attrs.kind, node.out_shape[1]
+    if kind not in ACTIVATIONS:
+        return f"unknown activation {kind!r}"
+    if node.out_shape != node.in_shapes[0]:
+        return "output shape differs from the input's"
+    if kind == "prelu":
+        if len(node.weights) != 1 or plan.consts[node.weights[0]].shape not in ((c,), (1,)):
+            return "prelu needs one slope per channel (or one in all)"
+    elif node.weights:
+        return f"{kind} takes no weights"
+    return None
+
+
+def _rule_mul(node: Node, plan: Plan) -> str | None:
+    a, b = node.in_shapes
+    if b != a and not (len(a) == 4 and b == (*a[:2], 1, 1)):
+        return f"cannot multiply {a} by {b} (same shape, or (N, C, 1, 1) broadcast over the image)"
+    return None if node.out_shape == a else "output shape differs from the first input's"
+
+
+def _rule_slice(node: Node, plan: Plan) -> str | None:
+    a, shape = node.attrs, node.in_shapes[0]
+    if not 0 <= a.start < a.stop <= shape[1]:
+        return f"channels [{a.start}, {a.stop}) out of range for {shape[1]}"
+    return None if node.out_shape == (shape[0], a.stop - a.start, *shape[2:]) else "output shape wrong"
+
+
+def _rule_pad(node: Node, plan: Plan) -> str | None:
+    top, bottom, left, right = node.attrs.pads
+    n, c, h, w = node.in_shapes[0]
+    if min(node.attrs.pads) < 0:
+        return "negative padding"
+    return None if node.out_shape == (n, c, h + top + bottom, w + left + right) else "output shape wrong"
+
+
+def _rule_resize(node: Node, plan: Plan) -> str | None:
+    a, shape = node.attrs, node.in_shapes[0]
+    if a.mode not in ("nearest", "bilinear") or (a.align_corners and a.mode != "bilinear"):
+        return f"resize mode {a.mode!r} (align_corners={a.align_corners}) is not nearest or bilinear"
+    return None if node.out_shape == (*shape[:2], *a.size) and min(a.size) > 0 else "output shape wrong"
+
+
+def _rule_layernorm(node: Node, plan: Plan) -> str | None:
+    c = node.in_shapes[0][1]
+    if len(node.weights) != 2 or any(plan.consts[w].shape != (c,) for w in node.weights):
+        return "layer norm needs a scale and a shift per channel"
+    if not node.attrs.eps > 0:
+        return "eps must be positive"
+    return None if node.out_shape == node.in_shapes[0] else "output shape differs from the input's"
+
+
 OP_RULES: dict[Op, Callable[[Node, Plan], str | None]] = {
     Op.CONV: _rule_conv,
     Op.MATMUL: _rule_matmul,
     Op.PERMUTE: _rule_permute,
     Op.SCATTER_ADD: _rule_scatter,
+    Op.MAXPOOL: _rule_pool,
+    Op.AVGPOOL: _rule_pool,
+    Op.GLOBAL_AVGPOOL: _rule_pool,
+    Op.ACT: _rule_act,
+    Op.MUL: _rule_mul,
+    Op.SLICE: _rule_slice,
+    Op.PAD: _rule_pad,
+    Op.RESIZE: _rule_resize,
+    Op.LAYERNORM: _rule_layernorm,
 }
 
 

@@ -17,7 +17,7 @@ class LayerResult:
 
     name: str
     layer: str  # the source layer (several ops share a CEPD layer)
-    kind: str  # conv, conv1x1, fc, pool, eltwise, scatter, permute, view
+    kind: str  # conv, conv1x1, fc, pool, eltwise, scatter, permute, view, copy, resize, norm
     op: str
     macs: int
     cycles: float  # processing, or DRAM transfer when that takes longer

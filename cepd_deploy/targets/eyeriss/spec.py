@@ -68,6 +68,37 @@ class RfSpec:
     access_energy_rel: float
 
 
+#: mapping quantities a constraint may bound: the mapper's parameters (``mapper.PARAMS``), the
+#: output-width tiles, and ``psum_channels`` (q x channel_sets: the input channels a psum
+#: accumulates over in the array before it goes back to the GLB)
+QUANTITIES = ("set_rows", "strip_cols", "parallel_strips", "filter_sets", "channel_sets", "group_sets",
+              "image_sets", "p", "q", "m_tile", "n_tile", "e_tile", "width_tiles",
+              "psum_channels")  # fmt: skip
+#: conv dimensions a rule's ``when`` may test (``problem.ConvProblem``: per group, h/w padded)
+DIMENSIONS = ("n", "g", "c", "m", "h", "w", "r", "s", "e", "f")
+MAX_RULES = 64  #: most constraint rules in one spec
+MAX_BOUND = 1 << 20  #: largest bound a constraint may give
+
+#: an inclusive range; None = unbounded on that side
+Range = tuple[str, int | None, int | None]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One mapping rule (as Timeloop's constraint files): inclusive bounds on mapping quantities,
+    for the convs whose dimensions fall in ``when`` (every conv when empty)."""
+
+    bounds: tuple[Range, ...]
+    when: tuple[Range, ...] = ()
+
+    def applies(self, problem) -> bool:
+        return all(_within(getattr(problem, d), lo, hi) for d, lo, hi in self.when)
+
+
+def _within(value: int, low: int | None, high: int | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
 @dataclass(frozen=True)
 class Spec:
     """One accelerator configuration (see hw/eyeriss/eyeriss_v1.yaml for every field's meaning)."""
@@ -82,6 +113,7 @@ class Spec:
     array: ArraySpec
     rf: RfSpec
     source: str = ""
+    constraints: tuple[Constraint, ...] = ()  # mapping rules; none: the free search
 
     @property
     def pes(self) -> int:
@@ -114,7 +146,8 @@ class Spec:
 
 
 _LEVEL_TYPES = {"dram": DramSpec, "glb": GlbSpec, "array": ArraySpec, "rf": RfSpec}
-_TOP = {"version", "name", "description", "clock_mhz", "word_bits", "mac_energy_rel", "zero_gating", "levels"}
+_TOP = {"version", "name", "description", "clock_mhz", "word_bits", "mac_energy_rel", "zero_gating", "levels",
+        "constraints"}  # fmt: skip
 _CHOICES = {"compression": ("rlc", "none")}
 #: sane ranges (inclusive) of the numbers, far beyond any real accelerator: they keep every
 #: figure finite and the mapper's search small (its candidates grow with the array's PEs)
@@ -178,7 +211,7 @@ def parse_spec(data: object, source: str = "<spec>") -> Spec:
     where = Path(source).name
     if not isinstance(data, dict):
         raise CEPDError(f"{where}: a spec is a YAML mapping")
-    _check_keys(data, _TOP, {"description"}, where)
+    _check_keys(data, _TOP, {"description", "constraints"}, where)
     if type(data["version"]) is not int or data["version"] != VERSION:  # not True, not 1.0
         raise CEPDError(f"{where}: version: expected {VERSION}, got {brief(data['version'])}")
     if not isinstance(data.get("description", ""), str):
@@ -200,8 +233,63 @@ def parse_spec(data: object, source: str = "<spec>") -> Spec:
         mac_energy_rel=_number(data["mac_energy_rel"], "mac_energy_rel", where),
         zero_gating=_flag(data["zero_gating"], "zero_gating", where),
         source=source,
+        constraints=_constraints(data.get("constraints", []), where),
         **parsed,
     )
+
+
+def _constraints(raw: object, where: str) -> tuple[Constraint, ...]:
+    """``constraints:`` a list of rules, each a mapping of quantities to bounds, with an optional
+    ``when`` mapping of conv dimensions to bounds. A bound is an integer (a pin) or ``{min, max}``."""
+    if not isinstance(raw, list):
+        raise CEPDError(f"{where}: constraints: expected a list of rules, got {brief(raw)}")
+    if len(raw) > MAX_RULES:
+        raise CEPDError(f"{where}: constraints: at most {MAX_RULES} rules, got {len(raw)}")
+    rules = []
+    for i, rule in enumerate(raw):
+        key = f"{where}: constraints[{i}]"
+        if not isinstance(rule, dict):
+            raise CEPDError(f"{key}: expected a mapping of mapping quantities to bounds, got {brief(rule)}")
+        when = rule.get("when", {})
+        _known(rule, ("when", *QUANTITIES), key)
+        if not isinstance(when, dict):
+            raise CEPDError(f"{key}.when: expected a mapping of conv dimensions to bounds, got {brief(when)}")
+        _known(when, DIMENSIONS, f"{key}.when")
+        bounds = tuple((q, *_range(v, f"{key}.{q}")) for q, v in rule.items() if q != "when")
+        if not bounds:
+            raise CEPDError(f"{key}: bounds no mapping quantity")
+        rules.append(Constraint(bounds, tuple((d, *_range(v, f"{key}.when.{d}")) for d, v in when.items())))
+    return tuple(rules)
+
+
+def _known(data: dict, allowed: tuple[str, ...], key: str) -> None:
+    unknown = sorted(set(data) - set(allowed), key=repr)
+    if unknown:
+        raise CEPDError(f"{key}: unknown key {brief(unknown[0])} (allowed: {', '.join(allowed)})")
+
+
+def _range(value: object, key: str) -> tuple[int | None, int | None]:
+    """An integer (both ends) or ``{min: a, max: b}`` (either may be left out), within 1..MAX_BOUND."""
+    if not isinstance(value, dict):
+        pin = _bound(value, key)
+        return pin, pin
+    if not value:
+        raise CEPDError(f"{key}: expected min and/or max, got {brief(value)}")
+    _known(value, ("min", "max"), key)
+    low, high = (None if value.get(k) is None else _bound(value[k], f"{key}.{k}") for k in ("min", "max"))
+    if low is None and high is None:
+        raise CEPDError(f"{key}: expected min and/or max, got {brief(value)}")
+    if low is not None and high is not None and low > high:
+        raise CEPDError(f"{key}: min {low} is above max {high}")
+    return low, high
+
+
+def _bound(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CEPDError(f"{key}: expected an integer or {{min, max}}, got {brief(value)}")
+    if not 1 <= value <= MAX_BOUND:
+        raise CEPDError(f"{key}: must be between 1 and {MAX_BOUND}, got {brief(value)}")
+    return value
 
 
 def _level(raw: dict, where: str):

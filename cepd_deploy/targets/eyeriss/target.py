@@ -23,10 +23,10 @@ from cepd_deploy.targets.eyeriss.schedule import DEFAULT_ZEROS, OBJECTIVES
 class EyerissOptions:
     """What the simulation runs on and for."""
 
-    spec: str = option("eyeriss_v1", "a preset in hw/eyeriss/ (eyeriss_v1, eyeriss_scaled) or a .yaml path")
-    objective: str = option(
-        "latency", "what the mapping search minimises", choices=OBJECTIVES
+    spec: str = option(
+        "eyeriss_v1", "a preset in hw/eyeriss/ (eyeriss_v1, eyeriss_v1_chip, eyeriss_scaled) or a .yaml path"
     )
+    objective: str = option("latency", "what the mapping search minimises", choices=OBJECTIVES)
     zeros: float | None = option(
         None,
         f"zero fraction of ReLU outputs (DRAM compression, zero gating; default {DEFAULT_ZEROS})",

@@ -42,7 +42,21 @@ import onnx
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.cost import nodes_macs
-from cepd_deploy.plan.ir import ConvAttrs, Epilogue, MatmulAttrs, Node, Op, Plan, PoolAttrs, ReluAttrs
+from cepd_deploy.plan.ir import (
+    ActAttrs,
+    ConvAttrs,
+    Epilogue,
+    MatmulAttrs,
+    Node,
+    NormAttrs,
+    Op,
+    PadAttrs,
+    Plan,
+    PoolAttrs,
+    ReluAttrs,
+    ResizeAttrs,
+    SliceAttrs,
+)
 from cepd_deploy.plan.passes import is_pointwise
 from cepd_deploy.targets.onnx.graph import GraphBuilder, make_model, value_info
 
@@ -381,6 +395,118 @@ def _relu(em: Emitter, node: Node) -> tuple[str, Epilogue]:
     return node.inputs[0], Epilogue(act="relu6" if node.attrs.max == 6.0 else "relu")
 
 
+# -- modern-network ops (Plan semantics: plan/reference.py) ----------------------------------
+#: GELU's 1/sqrt(2): x * 0.5 * (1 + erf(x / sqrt(2))) is the pattern onnxruntime fuses into one Gelu
+SQRT2 = math.sqrt(2.0)
+
+
+def _act(em: Emitter, node: Node) -> tuple[str, Epilogue]:
+    a = node.attrs
+    assert isinstance(a, ActAttrs)
+    x, b = node.inputs[0], em.b
+    if a.kind in _UNARY:
+        op, attrs = _UNARY[a.kind]
+        return b.node(op, [x], **attrs), node.epilogue
+    if a.kind == "leaky_relu":
+        return b.node("LeakyRelu", [x], alpha=float(a.alpha)), node.epilogue
+    if a.kind == "prelu":  # slopes (C,) -> (C, 1, ..., 1): PRelu broadcasts them from the right
+        slopes = em.src.array(node.weights[0])
+        shape = (-1, *([1] * (len(node.in_shapes[0]) - 2))) if slopes.size > 1 else (1,)
+        return b.node("PRelu", [x, em.src.get(node.weights[0], shape)]), node.epilogue
+    if a.kind == "silu":  # x * sigmoid(x)
+        return b.node("Mul", [x, b.node("Sigmoid", [x])]), node.epilogue
+    if a.kind == "gelu":  # exact: x * 0.5 * (1 + erf(x / sqrt(2)))
+        e = b.node("Erf", [b.node("Div", [x, b.scalar(SQRT2)])])
+        y = b.node("Mul", [x, b.node("Add", [e, b.scalar(1.0)])])
+        return b.node("Mul", [y, b.scalar(0.5)]), node.epilogue
+    raise CEPDError(f"{node.name}: the onnx target has no activation {a.kind!r}")
+
+
+#: activations that are one standard op (torch's hardsigmoid is clamp(x / 6 + 1/2, 0, 1))
+_UNARY: dict[str, tuple[str, dict]] = {
+    "sigmoid": ("Sigmoid", {}),
+    "tanh": ("Tanh", {}),
+    "hardsigmoid": ("HardSigmoid", dict(alpha=1.0 / 6.0, beta=0.5)),
+    "hardswish": ("HardSwish", {}),
+}
+
+
+def _slice(em: Emitter, node: Node) -> tuple[str, Epilogue]:
+    a = node.attrs
+    assert isinstance(a, SliceAttrs)
+    b = em.b
+    y = b.node("Slice", [node.inputs[0], b.ints([a.start]), b.ints([a.stop]), b.ints([1])])
+    return y, node.epilogue
+
+
+def _pad(em: Emitter, node: Node) -> tuple[str, Epilogue]:
+    assert isinstance(node.attrs, PadAttrs)
+    top, bottom, left, right = node.attrs.pads
+    pads = em.b.ints([0, 0, top, left, 0, 0, bottom, right])
+    return em.b.node("Pad", [node.inputs[0], pads]), node.epilogue
+
+
+def nearest_index(size: int, out: int) -> np.ndarray:
+    """torch's nearest source index of each of ``out`` outputs along an axis of ``size`` (torch
+    computes floor(dst * (size / out)) in float32, so ask torch itself)."""
+    import torch
+    import torch.nn.functional as F
+
+    src = torch.arange(size, dtype=torch.float32).view(1, 1, size)
+    return F.interpolate(src, size=out, mode="nearest").view(-1).numpy().astype(np.int64)
+
+
+def ort_nearest_index(size: int, out: int) -> np.ndarray:
+    """onnxruntime's source index for Resize nearest (asymmetric, floor) given ``sizes``: it
+    divides dst by the float32 scale out / size (checked against onnxruntime in the tests)."""
+    scale = np.float32(out) / np.float32(size)
+    return np.minimum(np.floor(np.arange(out, dtype=np.float32) / scale).astype(np.int64), size - 1)
+
+
+def _resize(em: Emitter, node: Node) -> tuple[str, Epilogue]:
+    """Resize; nearest along an axis where onnxruntime rounds a source index differently from
+    torch (about 4% of size pairs, e.g. 14 -> 2) is a 0/1 selection MatMul along that axis."""
+    a = node.attrs
+    assert isinstance(a, ResizeAttrs)
+    b, x = em.b, node.inputs[0]
+    n, c, h, w = node.in_shapes[0]
+    if a.mode == "bilinear":  # torch's half-pixel source clamps at 0 like onnxruntime's; size 1 -> centre
+        mode = "align_corners" if a.align_corners else "half_pixel"
+        y = b.node("Resize", [x, "", "", b.ints([n, c, *a.size])], mode="linear",
+                   coordinate_transformation_mode=mode)  # fmt: skip
+        return y, node.epilogue
+    index = [nearest_index(i, o) for i, o in zip((h, w), a.size)]
+    exact = [np.array_equal(k, ort_nearest_index(i, o)) for k, i, o in zip(index, (h, w), a.size)]
+    size = [o if ok else i for ok, i, o in zip(exact, (h, w), a.size)]
+    if size != [h, w]:
+        x = b.node("Resize", [x, "", "", b.ints([n, c, *size])], mode="nearest",
+                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")  # fmt: skip
+    for axis, (ok, k, i) in enumerate(zip(exact, index, (h, w))):
+        if ok:
+            continue
+        select = np.zeros((i, len(k)), np.float32)
+        select[k, np.arange(len(k))] = 1.0
+        if axis == 0:  # (H', H) @ (N, C, H, W')
+            x = b.node("MatMul", [b.const(f"{node.name}.rows", select.T), x])
+        else:  # (N, C, H', W) @ (W, W')
+            x = b.node("MatMul", [x, b.const(f"{node.name}.cols", select)])
+    return (b.node("Identity", [x]) if x == node.inputs[0] else x), node.epilogue
+
+
+def _layernorm(em: Emitter, node: Node) -> tuple[str, Epilogue]:
+    """LayerNormalization over the last axis: (N, C) as it is, (N, C, H, W) transposed to NHWC
+    and back (onnxruntime runs that faster than the ReduceMean form and exactly)."""
+    assert isinstance(node.attrs, NormAttrs)
+    b, x = em.b, node.inputs[0]
+    scale, shift = (em.src.get(k, (-1,)) for k in node.weights)
+    eps = float(node.attrs.eps)
+    if len(node.in_shapes[0]) == 2:
+        return b.node("LayerNormalization", [x, scale, shift], axis=-1, epsilon=eps), node.epilogue
+    t = b.node("Transpose", [x], perm=[0, 2, 3, 1])
+    t = b.node("LayerNormalization", [t, scale, shift], axis=-1, epsilon=eps)
+    return b.node("Transpose", [t], perm=[0, 3, 1, 2]), node.epilogue
+
+
 HANDLERS: dict[Op, Handler] = {
     Op.CONV: _conv,
     Op.MATMUL: _matmul,
@@ -395,6 +521,12 @@ HANDLERS: dict[Op, Handler] = {
     Op.MAXPOOL: _pool,
     Op.AVGPOOL: _pool,
     Op.GLOBAL_AVGPOOL: _simple("GlobalAveragePool"),
+    Op.ACT: _act,
+    Op.MUL: _simple("Mul"),
+    Op.SLICE: _slice,
+    Op.PAD: _pad,
+    Op.RESIZE: _resize,
+    Op.LAYERNORM: _layernorm,
 }
 #: Plan ops this target cannot export (none today; a test keeps the table complete).
 UNSUPPORTED: frozenset[Op] = frozenset()

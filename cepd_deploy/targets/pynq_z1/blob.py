@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import Node, Plan
+from cepd_deploy.plan.ir import Node, Op, Plan, SliceAttrs
 from cepd_deploy.targets.pynq_z1.config import EngineConfig
 from cepd_deploy.targets.pynq_z1.fixed import QPlan
 from cepd_deploy.targets.pynq_z1.groups import Group
@@ -172,9 +172,24 @@ class Program:
 
 
 # -- arena ---------------------------------------------------------------------------------------
+def views(plan: Plan) -> dict[str, tuple[str, int]]:
+    """Values that are views of another value in DDR: a SLICE's channels [start, stop) of a one-image
+    value are contiguous inside it. Value -> (the value it lies in, word offset)."""
+    out: dict[str, tuple[str, int]] = {}
+    for n in plan.nodes:
+        if n.op is Op.SLICE:
+            assert isinstance(n.attrs, SliceAttrs)
+            root, off = out.get(n.inputs[0], (n.inputs[0], 0))
+            out[n.output] = (root, off + n.attrs.start * math.prod(n.in_shapes[0][2:]))
+    return out
+
+
 def allocate_arena(plan: Plan, items: list[Group | Node], reuse: bool = True) -> tuple[dict[str, int], int]:
     """First-fit DDR placement of every value that lives in DDR, reusing dead values' space
-    (``reuse=False``: every value keeps its own space, so all of them can be inspected)."""
+    (``reuse=False``: every value keeps its own space, so all of them can be inspected). A view
+    (:func:`views`) takes no space: it keeps the value it lies in alive while it is read."""
+    view = views(plan)
+    base = lambda v: view[v][0] if v in view else v  # noqa: E731
     sizes = {plan.input: math.prod(plan.input_shape[1:])}
     born, last = {plan.input: -1}, {plan.input: -1}
     shapes = {n.output: n.out_shape for n in plan.nodes}
@@ -182,14 +197,16 @@ def allocate_arena(plan: Plan, items: list[Group | Node], reuse: bool = True) ->
         if isinstance(it, Group):
             outs = [it.out]
             ins = ([] if it.from_blob else [it.src]) + ([it.residual] if it.residual else []) + list(it.reads)
+        elif it.output in view:
+            outs, ins = [], []
         else:
             outs, ins = [it.output], list(it.inputs)
         for v in outs:
             sizes[v] = math.prod(shapes[v][1:])
             born[v], last[v] = i, i
         for v in ins:
-            last[v] = i
-    last[plan.output] = len(items)
+            last[base(v)] = i
+    last[base(plan.output)] = len(items)
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, born, last)
     arena: dict[str, int] = {}
     top = ARENA_RESERVED
@@ -203,4 +220,6 @@ def allocate_arena(plan: Plan, items: list[Group | Node], reuse: bool = True) ->
         arena[v] = off
         placed.append((off, off + sizes[v], born[v], last[v]))
         top = max(top, off + sizes[v])
+    for v, (root, off) in view.items():
+        arena[v] = arena[root] + off
     return arena, align(top)

@@ -125,6 +125,7 @@ class EngineConfig:
     wbuf_words: int = 36864  # streamed weights, per half: pe_out x 9216 (the longest reduction)
     obuf_words: int = 8192  # outputs on their way to DDR, per half: pe_out x 2048 pixels
     rbuf_words: int = 8192  # residual prefetch, per half
+    vbuf_words: int = 2048  # the vector unit's buffer (48-bit words): resample lines, layer-norm statistics
     pipeline_depth: int = 12  # cycles to fill the MAC pipeline once per output-channel chunk
     bundle_overhead_cycles: int = 32  # decode of a bundle's records, start/finish handshakes of the units
 

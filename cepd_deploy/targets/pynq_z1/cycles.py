@@ -10,7 +10,13 @@ Cycles are counted per program record, the way the engine runs them:
 * LOAD: the input tile, one burst sequence per channel row.
 * BUNDLE: its records are fetched, then its loads run beside its steps: max(loads, steps, the
   ports' and the DDR's share) + the fetch + a fixed handshake overhead.
-* VEC: DDR to DDR at ``vec_lanes`` elements per cycle or the bandwidth.
+* VEC: DDR to DDR at ``vec_lanes`` elements per cycle or the bandwidth; each lane has one
+  multiplier (one product per element: a multiply, an interpolation, a slope, a hard-swish). An
+  activation table (2 x 2**ACT_K words) is loaded before its record streams. A resample runs per
+  channel a vertical pass over the source row(s) into the line buffer for every new row pair and a
+  horizontal pass per output row; a layer norm per tile of positions reads its input twice
+  (statistics; then z and the epilogue, three multiplier passes per element) with a per-position
+  reciprocal square root of ``LN_STAT_CYCLES`` multiplier cycles between.
 
 Every DDR stream is striped over HP0 and HP1 (each buffer is reachable through both), so reads
 and writes each get two 64-bit ports; all traffic together is bounded by the DDR controller
@@ -25,10 +31,16 @@ from dataclasses import dataclass
 
 from cepd_deploy.targets.pynq_z1.config import Board, EngineConfig, load_board
 from cepd_deploy.targets.pynq_z1.groups import bank_ii
-from cepd_deploy.targets.pynq_z1.isa import REC_WORDS, Buf, Kind, StepOp, VecOp
+from cepd_deploy.targets.pynq_z1.isa import ACT_SEGS, REC_WORDS, ActFn, Buf, Kind, StepOp, VecOp
 
 WORD_BYTES = 2
 PORTS = 2  # HP0 and HP1
+ACT_TABLE_WORDS = 2 * ACT_SEGS  # (value, step) per segment
+#: multiplier cycles of one layer-norm position's statistics: C S2 - S1**2 (two 64-bit products on
+#: an 18 x 25 multiplier: 8), normalisation, the table seed and two Newton steps (3 wide products
+#: each: 12), the final rounding and packing (4)
+LN_STAT_CYCLES = 24
+LN_PASSES = 3  # multiplier passes per element of layer norm's second pass: (C x - S1) r, z * scale
 
 
 @dataclass(frozen=True)
@@ -125,15 +137,65 @@ def load_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
 
 def vec_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
     """One VEC record, DDR to DDR: ``vec_lanes`` elements per cycle or the bandwidth, whichever is
-    slower, plus the first-data latency and the pipeline fill."""
-    n = r["channels"] * r["hw"]
-    operands = 1 + (r["b_addr"] >= 0) + (r["e_res"] >= 0)
-    out = r["channels"] * (1 if r["vop"] == VecOp.GAP else r["hw"])
-    rd = bw.transfer(r["channels"] * operands, r["hw"] * WORD_BYTES)
+    slower, plus the first-data latency and the pipeline fill (and a table load first)."""
+    if r["vop"] == VecOp.RESAMPLE:
+        return resample_cost(r, cfg, bw)
+    if r["vop"] == VecOp.LNORM:
+        return lnorm_cost(r, cfg, bw)
+    c, hw = r["channels"], r["hw"]
+    n = c * hw
+    bcast = r["b_addr"] >= 0 and r["b_bcast"]  # one b per channel: read once per channel
+    operands = 1 + (r["b_addr"] >= 0 and not bcast) + (r["e_res"] >= 0)
+    out = c * (1 if r["vop"] == VecOp.GAP else hw)
+    params = c if bcast else 0  # words read besides the streams
+    before = 0.0  # cycles before the streams start
+    if r["vop"] == VecOp.ACT and r["fn"] == ActFn.TABLE:
+        before = bw.latency + bw.transfer(1, ACT_TABLE_WORDS * WORD_BYTES)
+        params += ACT_TABLE_WORDS
+    elif r["vop"] == VecOp.ACT and r["fn"] == ActFn.LEAKY:
+        params += c if r["p_step"] else 1
+    rd = bw.transfer(c * operands, hw * WORD_BYTES) + bw.transfer(1 if bcast else 0, c * WORD_BYTES)
     wr = bw.transfer(1, out * WORD_BYTES)
-    rd_bytes, wr_bytes = n * operands * WORD_BYTES, out * WORD_BYTES
+    rd_bytes, wr_bytes = (n * operands + params) * WORD_BYTES, out * WORD_BYTES
     cycles = max(n / cfg.vec_lanes, rd, wr, (rd_bytes + wr_bytes) / bw.ddr_bpc)
-    return Cost(cycles + bw.latency + cfg.pipeline_depth, 0, rd_bytes, wr_bytes)
+    return Cost(before + cycles + bw.latency + cfg.pipeline_depth, 0, rd_bytes, wr_bytes)
+
+
+def resample_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
+    """A RESAMPLE record: the column table into the line buffer, then per channel ``rs_vpass``
+    vertical passes (reading ``rs_rows`` source rows in all) and one horizontal pass per output
+    row, each a pipeline with its fill; the row table streams beside. A direct one (``rs_direct``)
+    is one pass per channel that reads ``rs_rows`` source rows and writes the output."""
+    c, w, ho, wo = r["channels"], r["in_w"], r["out_h"], r["out_w"]
+    vpass, rows = r["rs_vpass"], r["rs_rows"]
+    rd_v, wr_h = c * rows * w * WORD_BYTES, c * ho * wo * WORD_BYTES
+    tables = (3 * wo + 3 * c * ho) * WORD_BYTES
+    head = 2 * bw.latency + bw.transfer(1, 3 * wo * WORD_BYTES)
+    if r["rs_direct"]:
+        ddr = max(bw.transfer(c * rows, w * WORD_BYTES), bw.transfer(c * ho, wo * WORD_BYTES))
+        cycles = max(c * ho * wo / cfg.vec_lanes, ddr, (rd_v + wr_h) / bw.ddr_bpc) + c * cfg.pipeline_depth
+        return Cost(head + cycles, 0, rd_v + tables, wr_h)
+    vertical = max(c * vpass * w / cfg.vec_lanes, bw.transfer(c * rows, w * WORD_BYTES), rd_v / bw.ddr_bpc)
+    horizontal = max(c * ho * wo / cfg.vec_lanes, bw.transfer(c * ho, wo * WORD_BYTES), wr_h / bw.ddr_bpc)
+    fills = c * (vpass + ho) * cfg.pipeline_depth
+    return Cost(head + vertical + horizontal + fills, 0, rd_v + tables, wr_h)
+
+
+def lnorm_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
+    """An LNORM record: per tile of ``ln_tile`` positions, a statistics pass over its C channel
+    rows, the per-position reciprocal square roots, then a second pass that writes the output."""
+    c, hw, tile = r["channels"], r["hw"], r["ln_tile"]
+    tiles = math.ceil(hw / tile)
+    n = c * hw
+    nbytes = n * WORD_BYTES
+    rows = bw.transfer(c * tiles, min(hw, tile) * WORD_BYTES)
+    first = max(n / cfg.vec_lanes, rows, nbytes / bw.ddr_bpc)
+    stats = hw * LN_STAT_CYCLES / cfg.vec_lanes
+    second = max(LN_PASSES * n / cfg.vec_lanes, rows, 2 * nbytes / bw.ddr_bpc)
+    fills = tiles * 2 * c * cfg.pipeline_depth if hw > 1 else 2 * cfg.pipeline_depth
+    params = tiles * c * 3 * WORD_BYTES  # scale and bias of every channel, per tile
+    cycles = first + stats + second + fills + tiles * 2 * bw.latency
+    return Cost(cycles, 0, 2 * nbytes + params, nbytes)
 
 
 def fetch_cycles(records: int, bw: Bandwidth) -> float:

@@ -1,4 +1,4 @@
-"""Fixed-point semantics of the engine: integer primitives, calibration, per-node formats.
+"""Fixed-point semantics of the engine: calibration and per-node formats (primitives: :mod:`.intops`).
 
 Every value is an int of ``bits`` bits with a power-of-two scale: real = q * 2**-frac (an
 ``ap_fixed<bits, bits-frac>``; the frac is a per-layer runtime field, so the engine stores raw
@@ -15,6 +15,11 @@ products in 48 bits (frac = f_x + f_w); its epilogue works on a 64-bit wide valu
 
 Rounding is half up ((v + 2**(s-1)) >> s, arithmetic shift): ap_fixed's AP_RND; saturation
 to the ``bits`` range: AP_SAT. The C++ (``cepd_fixed.h``) implements the same integer ops.
+
+The vector unit's modern-network ops (ACT, MUL, PAD, RESIZE, LAYERNORM) compute their wide value in
+their own exact integer arithmetic (:mod:`.vector`, which states each one's error bound) and end
+with the same epilogue (layer norm's scale and shift are its scale and bias). SLICE, PAD and RESIZE
+keep their input's format; sigmoid, tanh and hard-sigmoid output at frac ``bits - 2``.
 """
 
 from __future__ import annotations
@@ -26,40 +31,20 @@ import numpy as np
 import torch
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import ConvAttrs, MatmulAttrs, Node, Op, Plan, ReluAttrs
-from cepd_deploy.targets.pynq_z1.isa import Act
+from cepd_deploy.plan.ir import ActAttrs, ConvAttrs, MatmulAttrs, Node, NormAttrs, Op, Plan, ReluAttrs
+from cepd_deploy.targets.pynq_z1.intops import saturate
+from cepd_deploy.targets.pynq_z1.isa import Act, ActFn
+from cepd_deploy.targets.pynq_z1.vector import HS_FRAC, LN_MAX_CHANNELS, LN_ZFRAC, RS_GUARD, RS_WB, ln_params
 
 FW_MAX = 40  # the wide value's frac never exceeds this (see module docstring)
+#: Activations whose output format is fixed at frac bits - 2 (their values lie in [-1, 1]).
+BOUNDED = frozenset({"sigmoid", "tanh", "hardsigmoid"})
 POOL_SHIFT = 24  # average pools multiply by round(2**24 / count) then round-shift by 24
 RED_LIMIT = 1 << 16  # longest reduction: 2**16 products of 2**30 fit the 48-bit accumulator
-#: ops whose output keeps its input's format (exact or rounding-free)
-PASS_THROUGH = frozenset({Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.RELU, Op.FLATTEN})
-
-
-# -- integer primitives (numpy int64; identical to cepd_fixed.h) ----------------------------
-def rshift_round(v, s: int):
-    """Round half up, then arithmetic right shift by s >= 0."""
-    return v if s <= 0 else (v + (1 << (s - 1))) >> s
-
-
-def align(v, s: int):
-    """Move a value s bits of frac up (left shift) or -s down (rounding right shift)."""
-    return v << s if s >= 0 else rshift_round(v, -s)
-
-
-def saturate(v, bits: int):
-    """``v`` clipped to the signed ``bits``-bit range (AP_SAT)."""
-    return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
-
-
-def requant(v, s: int, bits: int):
-    """A wide value at frac F -> ``bits``-bit at frac F - s (round half up, saturate)."""
-    if s > 0:
-        v = rshift_round(v, s)
-    elif s < 0:
-        lim = 1 << bits
-        v = np.clip(v, -lim, lim) << (-s)
-    return saturate(v, bits)
+#: ops whose output keeps its input's format (exact, or a rounded average of its inputs)
+PASS_THROUGH = frozenset(
+    {Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.RELU, Op.FLATTEN, Op.SLICE, Op.PAD, Op.RESIZE}
+)
 
 
 def quantize_array(x, frac: int, bits: int) -> np.ndarray:
@@ -110,6 +95,16 @@ class Epi:
 
 
 @dataclass(frozen=True)
+class ActQ:
+    """How the vector unit computes one ACT node (see vector.py)."""
+
+    fn: ActFn
+    kind: str
+    f_slope: int = 0  # LEAKY: frac of the slopes
+    slopes: str | None = None  # LEAKY: the qconst of the slopes (prelu's weights, or leaky's alpha)
+
+
+@dataclass(frozen=True)
 class NodeQ:
     """Fixed-point parameters of one node."""
 
@@ -117,6 +112,9 @@ class NodeQ:
     epi: Epi
     f_w: int | None = None  # weight frac of MAC ops
     in_shifts: tuple[int, ...] = ()  # ADD/SCATTER_ADD: align each input to frac0; CONCAT: requant
+    act: ActQ | None = None  # ACT nodes
+    ln_g: int = 0  # LAYERNORM: headroom of the statistics, and eps in their units (vector.ln_params)
+    eps_q: int = 0
 
 
 @dataclass
@@ -208,10 +206,15 @@ def _quantize_node(q: QPlan, node: Node, maxabs: dict[str, float]) -> None:
     op = node.op
     if op in PASS_THROUGH or (op is Op.PERMUTE and node.epilogue.empty):
         f_out = f_in[0]
+    elif op is Op.ACT and node.attrs.kind in BOUNDED:
+        f_out = q.bits - 2  # the output lies in [-1, 1]
     else:
         f_out = value_frac(maxabs[node.output], q.bits)
     q.frac[node.output] = f_out
     f_w, shifts = None, ()
+    if op in (Op.ACT, Op.MUL, Op.LAYERNORM, Op.PAD, Op.RESIZE):
+        q.nodes[node.name] = _vector_node(q, node, f_in, f_out)
+        return
     if op in (Op.CONV, Op.MATMUL, Op.LINEAR):
         a = node.attrs
         if isinstance(a, ConvAttrs):
@@ -239,6 +242,55 @@ def _quantize_node(q: QPlan, node: Node, maxabs: dict[str, float]) -> None:
         assert isinstance(node.attrs, ReluAttrs)
         act = Act.RELU6 if node.attrs.max == 6.0 else Act.RELU
         epi = Epi(f_in[0], act=act, frac=f_in[0], out_shift=f_in[0] - f_out)
-    else:  # pools, flatten, permute (only permute may carry an epilogue)
+    else:  # pools, flatten, permute, slice (only permute may carry an epilogue)
         epi = _epilogue(q, node, f_in[0], f_out)
     q.nodes[node.name] = NodeQ(f_out, epi, f_w, shifts)
+
+
+#: Activations of ACT and how the vector unit computes them
+ACT_FNS = {
+    "sigmoid": ActFn.TABLE,
+    "tanh": ActFn.TABLE,
+    "silu": ActFn.TABLE,
+    "gelu": ActFn.TABLE,
+    "hardsigmoid": ActFn.HSIG,
+    "hardswish": ActFn.HSWISH,
+    "leaky_relu": ActFn.LEAKY,
+    "prelu": ActFn.LEAKY,
+}
+
+
+def _vector_node(q: QPlan, node: Node, f_in: list[int], f_out: int) -> NodeQ:
+    """Formats of the vector unit's modern-network ops: the frac of the value each computes
+    before its epilogue (which rounds it to ``f_out``), and their constants (see vector.py)."""
+    op = node.op
+    if op is Op.MUL:
+        return NodeQ(f_out, _epilogue(q, node, f_in[0] + f_in[1], f_out))
+    if op in (Op.PAD, Op.RESIZE):
+        return NodeQ(f_out, _epilogue(q, node, f_in[0] + RS_WB + RS_GUARD, f_out))
+    if op is Op.LAYERNORM:
+        assert isinstance(node.attrs, NormAttrs)
+        c = node.in_shapes[0][1]
+        if c > LN_MAX_CHANNELS:
+            raise CEPDError(f"{node.name}: layer norm over {c} channels (the engine's statistics hold "
+                            f"{LN_MAX_CHANNELS})")  # fmt: skip
+        g, eps_q = ln_params(node.attrs.eps, c, f_in[0], node.name)
+        epi = _epilogue(q, node, LN_ZFRAC, f_out, scale=node.weights[0], bias=node.weights[1])
+        return NodeQ(f_out, epi, ln_g=g, eps_q=eps_q)
+    assert isinstance(node.attrs, ActAttrs)
+    kind = node.attrs.kind
+    fn = ACT_FNS[kind]
+    if fn is ActFn.TABLE:
+        return NodeQ(f_out, _epilogue(q, node, f_out, f_out), act=ActQ(fn, kind))
+    if fn is ActFn.HSIG:
+        return NodeQ(f_out, _epilogue(q, node, HS_FRAC, f_out), act=ActQ(fn, kind))
+    if fn is ActFn.HSWISH:
+        return NodeQ(f_out, _epilogue(q, node, f_in[0] + HS_FRAC, f_out), act=ActQ(fn, kind))
+    if kind == "prelu":
+        slopes = node.weights[0]
+        f_s = _weight(q, slopes)
+    else:  # leaky_relu: its alpha as a one-entry table
+        slopes = f"{node.name}#alpha"
+        f_s = value_frac(abs(node.attrs.alpha), q.bits)
+        q.qconsts[slopes] = quantize_array([node.attrs.alpha], f_s, q.bits)
+    return NodeQ(f_out, _epilogue(q, node, f_in[0] + f_s, f_out), act=ActQ(fn, kind, f_s, slopes))

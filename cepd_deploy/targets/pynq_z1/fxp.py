@@ -14,16 +14,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cepd_deploy.plan.ir import ConvAttrs, MatmulAttrs, Node, Op, PermuteAttrs, PoolAttrs, ScatterAttrs
-from cepd_deploy.targets.pynq_z1.fixed import (
-    QPlan,
-    align,
-    pool_multiplier,
-    quantize_array,
-    requant,
-    rshift_round,
+from cepd_deploy.plan.ir import (
+    ConvAttrs,
+    MatmulAttrs,
+    Node,
+    Op,
+    PermuteAttrs,
+    PoolAttrs,
+    ScatterAttrs,
+    SliceAttrs,
 )
-from cepd_deploy.targets.pynq_z1.isa import Act
+from cepd_deploy.targets.pynq_z1 import vector
+from cepd_deploy.targets.pynq_z1.fixed import QPlan, pool_multiplier, quantize_array
+from cepd_deploy.targets.pynq_z1.intops import align, requant, rshift_round
+from cepd_deploy.targets.pynq_z1.isa import Act, ActFn
 
 Env = dict[str, np.ndarray]
 
@@ -153,6 +157,41 @@ def _identity(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarra
     return finish(q, node, xs[0], env)
 
 
+def _slice(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
+    a = node.attrs
+    assert isinstance(a, SliceAttrs)
+    return finish(q, node, xs[0][:, a.start : a.stop], env)
+
+
+def _act(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
+    nq = q.nodes[node.name]
+    a = nq.act
+    assert a is not None
+    x = xs[0]
+    f_in = q.frac[node.inputs[0]]
+    if a.fn is ActFn.TABLE:
+        v = vector.act_table_eval(vector.act_table(a.kind, f_in, nq.f_out, q.bits), x, q.bits)
+    elif a.fn is ActFn.HSIG:
+        v = vector.hard_sigmoid(x, f_in)
+    elif a.fn is ActFn.HSWISH:
+        v = x * vector.hard_sigmoid(x, f_in)
+    else:
+        slopes = q.qconsts[a.slopes]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        v = vector.leaky(x, (slopes if slopes.size > 1 else slopes[:1]).reshape(shape), a.f_slope)
+    return finish(q, node, v, env)
+
+
+def _resample(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
+    rows, cols = vector.resample_tables(node)
+    return finish(q, node, vector.resample(xs[0], rows, cols), env)
+
+
+def _layernorm(q: QPlan, node: Node, xs: list[np.ndarray], env: Env) -> np.ndarray:
+    nq = q.nodes[node.name]
+    return finish(q, node, vector.layernorm_z(xs[0], nq.ln_g, nq.eps_q), env)
+
+
 HANDLERS: dict[Op, Callable[[QPlan, Node, list[np.ndarray], Env], np.ndarray]] = {
     Op.CONV: _conv,
     Op.MATMUL: _matmul,
@@ -167,6 +206,12 @@ HANDLERS: dict[Op, Callable[[QPlan, Node, list[np.ndarray], Env], np.ndarray]] =
     Op.MAXPOOL: _maxpool,
     Op.AVGPOOL: _avgpool,
     Op.GLOBAL_AVGPOOL: _gap,
+    Op.ACT: _act,
+    Op.MUL: lambda q, node, xs, env: finish(q, node, xs[0] * xs[1], env),
+    Op.SLICE: _slice,  # a view in the engine (no record): the same values
+    Op.PAD: _resample,
+    Op.RESIZE: _resample,
+    Op.LAYERNORM: _layernorm,
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 
 from cepd_deploy.plan.ir import CEPDBlock, ConvAttrs, MatmulAttrs, Node, Op, Plan, PoolAttrs
-from cepd_deploy.targets.pynq_z1.isa import StepOp
+from cepd_deploy.targets.pynq_z1.isa import MAX_COMPS, StepOp
 
 ARRAY_OPS = {
     Op.CONV: StepOp.MAC,
@@ -310,6 +310,67 @@ def partition(plan: Plan) -> list[Group | Node]:
         elif node.name not in covered:
             items.append(single(node) if node.op in ARRAY_OPS else node)
     return items
+
+
+def _nodes(g: Group) -> list[Node]:
+    """The Plan nodes a group computes (its steps, fused scatter-adds and loader subsample)."""
+    out = [s.node for s in g.steps] + [s.scatter for s in g.steps if s.scatter is not None]
+    return out + ([g.subsample] if g.subsample is not None else [])
+
+
+def _plain(g: Group) -> list[Step]:
+    """A group's steps on their 2-D images (undoing :func:`flat_rows`)."""
+    if g.load_step != (1, 1) or any(s.transposed for s in g.steps):
+        return list(g.steps)
+    return [
+        replace(
+            s,
+            src_img=_image(s.node, s.node.in_shapes[0], "in"),
+            dst_img=_image(s.node, s.node.out_shape, "out"),
+        )
+        for s in g.steps
+    ]
+
+
+def chainable(a: Group, b: Group, readers: Counter[str], output: str) -> bool:
+    """Whether group ``b`` can take group ``a``'s output from the scratch instead of DDR: ``b``
+    reads ``a``'s output as its input and nothing else reads it, neither runs on folded images or
+    views (``outer``, ``inner``) nor from the blob, ``b`` loads plainly (no subsample), and only
+    ``b`` adds a residual (an epilogue's residual is addressed in the group's output tile)."""
+    if a.images != 1 or b.images != 1 or a.from_blob or b.from_blob or a.reads or b.reads:
+        return False
+    contractions = [s.node for s in a.steps + b.steps if isinstance(s.node.attrs, (ConvAttrs, MatmulAttrs))]
+    if not all(_unfolded(n) for n in contractions):
+        return False
+    if a.residual is not None or b.x != a.out or b.src != b.x or b.load_step != (1, 1) or a.out == output:
+        return False
+    if b.residual == a.out or len(a.steps) + len(b.steps) > MAX_COMPS:
+        return False
+    if sum(n.inputs.count(a.out) for n in _nodes(b)) != readers[a.out]:
+        return False
+    return _plain(a)[-1].dst_img == next(s.src_img for s in _plain(b) if s.src == b.x)
+
+
+def merge(parts: list[Group]) -> Group:
+    """Consecutive groups (each :func:`chainable` into the next) as one group: the first's input
+    tile is loaded, every intermediate value stays in the scratch, the last writes DDR."""
+    if len(parts) == 1:
+        return parts[0]
+    first, last = parts[0], parts[-1]
+    steps = [s for g in parts for s in _plain(g)]
+    g = Group(
+        "+".join(p.name for p in parts),
+        steps,
+        first.x,
+        last.out,
+        residual=last.residual,
+        src=first.src,
+        load_step=first.load_step,
+        src_img=first.src_img if first.load_step != (1, 1) else (),
+        subsample=first.subsample,
+    )
+    g.buffered = [first.x] + [s.dst for s in steps[:-1]]
+    return flat_rows(g)
 
 
 def lane_shapes(lanes: int) -> list[tuple[int, int]]:

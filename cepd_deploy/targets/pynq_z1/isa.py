@@ -9,8 +9,8 @@ A program is a sequence of fixed-size records of ``REC_WORDS`` int32 words (word
 engine runs the loads (DDR -> input buffer half ``parity``) while it computes the steps (from
 the other half), so tile t+1 streams in while tile t is computed. A tile too large for one half
 uses both (``src_split``: channels below it in half 0, the rest in half 1); its loads and
-computes then sit in separate bundles. ``VEC`` records are DDR-to-DDR element-wise ops; ``END``
-stops.
+computes then sit in separate bundles. ``VEC`` records are DDR-to-DDR ops of the vector unit
+(element-wise, activations, resampling, layer norm); ``END`` stops.
 """
 
 from __future__ import annotations
@@ -80,6 +80,23 @@ class VecOp(IntEnum):
     COPY = 0  # out[c] = epilogue(a[map[c]])  (flatten, permute, relu, affine, concat part)
     ADD2 = 1  # out[c] = epilogue(a[c] + b[map[c]])  (add; scatter-add with map = index or -1)
     GAP = 2  # out[c] = epilogue(mean_p a[c, p])  (global average pool)
+    MUL = 3  # out[c] = epilogue(a[c] * b[map[c]])  (b_bcast: one b per channel, squeeze-excitation)
+    ACT = 4  # out[c] = epilogue(fn(a[c]))  (ActFn; a table, the hard functions, leaky/prelu slopes)
+    RESAMPLE = 5  # zero padding, nearest and bilinear resize: row/column tables, line buffer
+    LNORM = 6  # layer norm over channels: per-position statistics, then epilogue(z * scale + shift)
+
+
+#: An ACT TABLE record's table: ACT_SEGS (value, step) pairs of int16 (see vector.py)
+ACT_SEGS = 1024
+
+
+class ActFn(IntEnum):
+    """What a VEC ACT record computes (see vector.py)."""
+
+    TABLE = 0  # sigmoid, tanh, silu, gelu: the node's segment table (value, step), asymptotic tails
+    HSIG = 1  # hard sigmoid: clamp(x + 3, 0, 6) / 6 at frac HS_FRAC
+    HSWISH = 2  # hard swish: x times that
+    LEAKY = 3  # leaky relu / prelu: x, or x * slope (a slope table)
 
 
 class Buf(IntEnum):
@@ -99,6 +116,7 @@ class Act(IntEnum):
 
 
 REC_WORDS = 64
+MAX_LOADS, MAX_COMPS = 2, 16  # records per bundle the engine holds on chip (LOADs, STEPs)
 #: The epilogue block, shared by STEP and VEC records, starts at this word.
 EPI_BASE = 48
 EPI_FIELDS = (
@@ -172,7 +190,8 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
         "sc_base",
         "sc_pitch",
         "sc_cstride",
-        "sc_a_out",
+        "sc_a_norm",  # the last TT step's own epilogue before the scatter-add: round-shift, then
+        "sc_a_out",  # requantise to its output format
         "sc_a_shift",
         "sc_b_shift",
         "node",
@@ -194,12 +213,49 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
         "gap_mul",
         "gap_shift",
         "node",
+        "b_bcast",  # MUL: b holds one value per channel (broadcast over the image)
+        "fn",  # ACT: ActFn
+        "p_addr",  # wmem word address of the op's table: ACT segments or slopes, RESAMPLE rows
+        "p_step",  # ACT LEAKY: slope table step per channel (0: one slope for all)
+        "t_lo",  # ACT TABLE: raw input of the first segment
+        "t_shift",  # ACT TABLE: log2 of the segment width (raw units)
+        "t_left",  # ACT TABLE: below the table: 0 the constant t_lval, 1 the input requantised
+        "t_right",  # ACT TABLE: above the table: 0 the constant t_rval, 1 the input requantised
+        "t_lval",
+        "t_rval",
+        "id_shift",  # ACT TABLE: input frac - output frac (requantising tails)
+        "hs_f",  # ACT HSIG/HSWISH: frac of the exact sum x + 3 (max(f_in, 0))
+        "hs_ush",  # ACT HSIG/HSWISH: left shift of the input to that frac
+        "sl_frac",  # ACT LEAKY: the slopes' frac
+        "in_h",  # RESAMPLE: source image
+        "in_w",
+        "out_h",  # RESAMPLE: output image
+        "out_w",
+        "x_addr",  # RESAMPLE: wmem word address of the column table
+        "rs_direct",  # RESAMPLE: every weight is 0 (padding, nearest): one streaming pass
+        "rs_vpass",  # RESAMPLE: vertical passes per channel (for the latency model)
+        "rs_rows",  # RESAMPLE: source rows read per channel (for the latency model)
+        "ln_tile",  # LNORM: positions per tile (statistics held in the vector buffer)
+        "ln_g",  # LNORM: the statistics are scaled by 4**ln_g (headroom for eps)
+        "ln_eps_lo",  # LNORM: round(C**2 eps 4**(f_in + ln_g)), low 31 bits
+        "ln_eps_hi",  # LNORM: and the bits above them
     ),
 }
 for _k, _f in FIELDS.items():
     assert 1 + len(_f) <= EPI_BASE and EPI_BASE + len(EPI_FIELDS) <= REC_WORDS, _k
 #: -1 means "none" for these address fields
-NONE_DEFAULT = {"sc_map", "a_map", "b_map", "b_addr", "e_scale", "e_bias", "e_res", "src_split"}
+NONE_DEFAULT = {
+    "sc_map",
+    "a_map",
+    "b_map",
+    "b_addr",
+    "e_scale",
+    "e_bias",
+    "e_res",
+    "src_split",
+    "p_addr",
+    "x_addr",
+}
 
 
 #: Status codes the engine leaves in arena word 0 (word 1: records executed).
@@ -230,7 +286,7 @@ def c_fields() -> list[tuple[str, int]]:
 
 def c_enums() -> list[tuple[str, int]]:
     """Opcode and mode values, for cepd_config.h."""
-    groups = ((StepOp, "OP_"), (VecOp, "VOP_"), (Buf, "BUF_"), (Act, "ACT_"))
+    groups = ((StepOp, "OP_"), (VecOp, "VOP_"), (Buf, "BUF_"), (Act, "ACT_"), (ActFn, "FN_"))
     return [(p + m.name, int(m.value)) for e, p in groups for m in e]
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.plan.ir import ConvAttrs, Plan, PoolAttrs
+from cepd_deploy.plan.ir import ConvAttrs, Op, Plan, PoolAttrs
 from cepd_deploy.targets.pynq_z1.config import Board, EngineConfig, load_board, make_config
 from cepd_deploy.targets.pynq_z1.cycles import (  # noqa: F401  (bandwidth, step_cost: public here too)
     Bandwidth,
@@ -24,6 +24,7 @@ from cepd_deploy.targets.pynq_z1.cycles import (  # noqa: F401  (bandwidth, step
     step_cost,
     vec_cost,
 )
+from cepd_deploy.targets.pynq_z1.isa import ACT_SEGS
 from cepd_deploy.targets.pynq_z1.program import Program, compile_program
 
 # -- resources ---------------------------------------------------------------------------------
@@ -46,7 +47,25 @@ COEFF = {
     "ff_lane": 64,
     "bram18_maxi": 3,  # burst buffers per m_axi adapter
     "bram18_records": 2,
+    # the vector unit: one 18 x 25 multiplier per lane in LUTs (the DSPs are the PE array's), a
+    # 64-bit shift-round-saturate per lane; the shared special units: activation-table
+    # interpolation, the divide-by-6 of hard-sigmoid (a constant divider), layer norm's statistics
+    # and reciprocal square root, the resample address generators
+    "lut_vec_mul": 330,
+    "lut_vec_lane": 400,
+    "lut_vec_special": 2600,
+    "ff_vec_lane": 250,
+    "ff_vec_special": 2200,
+    "act_table_copies": 2,  # (value, step) pairs, 32 bits; two dual-port copies serve four lanes
+    "vbuf_bits": 48,
 }
+
+
+def _bram18_wide(banks: int, words: int, bits: int) -> int:
+    """BRAM18s for ``words`` of ``bits`` split over ``banks`` (a bank: 512 x 36 or 1024 x 18 blocks)."""
+    depth = math.ceil(words / banks)
+    per = math.ceil(bits / 36) if depth <= 512 else math.ceil(depth / 1024) * math.ceil(bits / 18)
+    return banks * per
 
 
 def _bram18(banks: int, words: int) -> int:
@@ -70,6 +89,8 @@ def resources(cfg: EngineConfig) -> dict:
         "rbuf": 2 * _bram18(PO, cfg.rbuf_words),
         "records": c["bram18_records"],
         "m_axi": 2 * c["bram18_maxi"],
+        "act_table": _bram18_wide(c["act_table_copies"], c["act_table_copies"] * ACT_SEGS, 32),
+        "vbuf": _bram18_wide(cfg.vec_lanes, cfg.vbuf_words, c["vbuf_bits"]),
     }
     lut = {
         "gather": round(L * L * cfg.bits * c["lut_mux_per_bit_per_input"]),
@@ -78,6 +99,7 @@ def resources(cfg: EngineConfig) -> dict:
         "epilogue": cfg.epi_lanes * c["lut_epi_lane"] + cfg.scale_lanes * c["lut_scale_lane"],
         "m_axi": 2 * c["lut_maxi"],
         "control": c["lut_control"],
+        "vector": cfg.vec_lanes * (c["lut_vec_mul"] + c["lut_vec_lane"]) + c["lut_vec_special"],
     }
     ff = {
         "acc_shadow": PO * L * c["ff_acc_shadow_bits"],
@@ -85,6 +107,7 @@ def resources(cfg: EngineConfig) -> dict:
         "epilogue": (cfg.epi_lanes + cfg.scale_lanes) * c["ff_epi_lane"],
         "m_axi": 2 * c["ff_maxi"],
         "control": c["ff_control"],
+        "vector": cfg.vec_lanes * c["ff_vec_lane"] + c["ff_vec_special"],
     }
     return {
         "dsp": sum(dsp.values()),
@@ -156,6 +179,9 @@ def summarise(program: Program, plan: Plan, cfg: EngineConfig, board: Board, res
         d["macs"] += cost.macs
         d["ddr_bytes"] += cost.ddr_bytes
         d["compute"] += cost.compute
+    for n in plan.nodes:  # views take no record and no time
+        if n.op is Op.SLICE:
+            by_node.setdefault(n.name, {"cycles": 0.0, "macs": 0, "ddr_bytes": 0, "compute": 0.0})
     ms = 1.0 / (cfg.clock_mhz * 1e3)
     peak = cfg.macs_per_cycle
     ops, layers = [], {}
@@ -208,12 +234,13 @@ def one_image(plan: Plan) -> Plan:
     return replace(plan, input_shape=one(plan.input_shape), nodes=nodes, layers=layers)
 
 
-def estimate(plan: Plan, config: EngineConfig | dict | None = None) -> Report:
+def estimate(plan: Plan, config: EngineConfig | dict | None = None, chain_groups: bool = True) -> Report:
     """Latency and resources of ``plan`` on the PYNQ-Z1 engine (refuses configurations or
-    layers that do not fit). ``plan`` is a Plan lowered with batch 1."""
+    layers that do not fit). ``plan`` is a Plan lowered with batch 1; ``chain_groups`` False: every
+    layer through DDR (no on-chip chaining of consecutive groups)."""
     cfg = make_config(config)
     board = load_board()
     res = resources(cfg)
     check_fit(res, board)
-    program = compile_program(plan, cfg)
+    program = compile_program(plan, cfg, chain_groups=chain_groups)
     return summarise(program, plan, cfg, board, res)

@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from cepd_deploy import __version__, hw
-from cepd_deploy.targets.pynq_z1 import isa
+from cepd_deploy.targets.pynq_z1 import isa, vector
 from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board
 from cepd_deploy.targets.pynq_z1.escape import (
     c_string,
@@ -32,7 +32,7 @@ from cepd_deploy.targets.pynq_z1.program import (
     VERSION,
 )
 
-MAX_LOADS, MAX_COMPS = 2, 16  # records per bundle the engine holds on chip
+MAX_LOADS, MAX_COMPS = isa.MAX_LOADS, isa.MAX_COMPS
 ENGINE_FILES = ("cepd_fixed.h", "cepd_engine.h", "cepd_top.h")  # static, into src/
 TB_FILES = ("tb_main.cpp", "cepd_sim.cpp")  # static, into tb/
 TCL_FILES = ("run_hls.tcl", "build_bitstream.tcl")  # static, into the project root
@@ -65,6 +65,13 @@ def engine_context(cfg: EngineConfig) -> dict:
         "max_loads": MAX_LOADS,
         "max_comps": MAX_COMPS,
         "pool_shift": POOL_SHIFT,
+        "act_segs": isa.ACT_SEGS,
+        "hs_frac": vector.HS_FRAC,
+        "rs_wb": vector.RS_WB,
+        "rs_guard": vector.RS_GUARD,
+        "ln_zfrac": vector.LN_ZFRAC,
+        "rsqrt_bits": vector.RSQRT_BITS,
+        "rsqrt_seeds": ", ".join(str(v) for v in vector.RSQRT_TABLE),
         "magic": f"0x{MAGIC:08X}",
         "blob_version": VERSION,
         "header_words": HEADER_WORDS,

@@ -4,7 +4,7 @@ values, and its BUNDLE/LOAD/STEP records (tile t+1 loads while tile t computes).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -61,6 +61,9 @@ def layout(g: Group, regs: list[dict[str, Region]], cfg: EngineConfig, whole: bo
     shape = [(1, cfg.lanes) if f else _shape(s, regs, cfg.lanes) for s, f in zip(g.steps, flat)]
     base, pitch, cstride = {}, {}, {}
     scratch, split = 0, None
+    born = {s.dst: k for k, s in enumerate(g.steps)}
+    dies = {v: max(k for k, s in enumerate(g.steps) if v in (s.src, s.scatter_b)) for v in g.buffered}
+    placed: list[tuple[int, int, int]] = []  # scratch (start, end, last step that reads it)
     for v in g.buffered:
         maxh = max(r[v].h for r in regs)
         maxw = max(r[v].w for r in regs)
@@ -75,9 +78,14 @@ def layout(g: Group, regs: list[dict[str, Region]], cfg: EngineConfig, whole: bo
                 return None
             split = per_half if words > cfg.ibuf_words else None
             base[v] = 0
-        else:
-            base[v] = scratch
-            scratch = align(scratch + words)
+        else:  # first fit among the values still read at or after the step that writes v
+            base[v] = 0
+            for start, end in sorted((a, e) for a, e, d in placed if d >= born[v]):
+                if base[v] + words <= start:
+                    break
+                base[v] = max(base[v], end)
+            placed.append((base[v], align(base[v] + words), dies[v]))
+            scratch = max(scratch, base[v] + words)
     if scratch > cfg.scratch_words:
         return None
     last = g.steps[-1]
@@ -100,13 +108,14 @@ class Ctx:
     wm: Wmem
     arena: dict[str, int]
     index: dict[str, int]  # node name -> position in the Plan
+    views: dict[str, tuple[str, int]] = field(default_factory=dict)  # value -> (value it lies in, offset)
 
 
 def epi_fields(ctx: Ctx, node: Node, channel_offset: int = 0) -> dict[str, int]:
     """The EPI block of a node (addresses of its scale/bias; shifts from its NodeQ)."""
     e = node.epilogue
     scale, bias = e.scale, e.bias
-    if node.op is Op.AFFINE:
+    if node.op in (Op.AFFINE, Op.LAYERNORM):
         scale, bias = node.weights
     f: dict[str, int] = {}
     if scale:
@@ -266,7 +275,7 @@ def _step_record(
         )
     if s.scatter is not None:
         b = s.scatter_b
-        cmap = np.full(o_img[0], -1)
+        cmap = np.full(s.dst_img[0], -1)  # the step's own channels (a chain's last step need not be it)
         assert isinstance(s.scatter.attrs, ScatterAttrs)
         index = list(s.scatter.attrs.index)
         cmap[index] = np.arange(len(index))
@@ -278,7 +287,8 @@ def _step_record(
         )
         if ctx.q is not None:
             sa, sb = ctx.q.nodes[s.scatter.name].in_shifts
-            r.update(sc_a_out=ctx.q.nodes[s.node.name].epi.out_shift, sc_a_shift=sa, sc_b_shift=sb)
+            last = ctx.q.nodes[s.node.name].epi  # what the step alone would do: norm, then out_shift
+            r.update(sc_a_norm=last.norm, sc_a_out=last.out_shift, sc_a_shift=sa, sc_b_shift=sb)
     r["_node"] = s.node.name  # for the metadata; not encoded
     return r
 
@@ -338,7 +348,8 @@ def tile_group(ctx: Ctx, g: Group) -> Tiling | None:
             recs, _ = _group_records(dry, one, tiles, lay)
             costs = cost.record_costs(recs, ctx.cfg, board)
             cycles = g.images * sum(c.cycles for c in costs)
-            if not whole:  # the first tile's load usually hides behind the previous group (chain)
+            if not whole and len(tiles) > 1:  # the first tile's load usually hides behind the
+                # previous group (``chain``); never a single tile's, which reads its whole input
                 cycles -= sum(c.cycles for c in costs[: 1 + recs[0]["n_load"]])
             if best is None or cycles < best.cycles:
                 info = {"name": g.name, "tile": [th, tw], "tiles": len(tiles) * g.images}
@@ -381,14 +392,15 @@ def chain(
     loads = recs[1 : 1 + n_load]
     whole = any(r["kind"] == Kind.STEP and r["src_split"] >= 0 for r in recs)
     if prev is not None and not whole and recs[0]["n_comp"] == 0 and g.images == 1:
-        start = loads[0]["src"] - (0 if g.from_blob else ctx.arena[g.src])
+        src = ctx.views.get(g.src, (g.src, 0))[0]  # a view (SLICE) reads the value it lies in
+        start = loads[0]["src"] - (0 if g.from_blob else ctx.arena[g.src])  # the same pixels
         end = (
             start
             + (loads[0]["rows"] - 1) * loads[0]["src_pitch"]
             + (loads[0]["cols"] - 1) * loads[0]["col_step"]
             + 1
         )
-        if g.from_blob or g.src != prev["out"] or end <= prev["last_start"]:
+        if g.from_blob or src != prev["out"] or end <= prev["last_start"]:
             if prev["half"] == loads[0]["half"]:
                 _flip_halves(recs)
             head = records[prev["bundle"]]

@@ -21,7 +21,16 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from cepd_deploy.targets.tvm.kernel import Call, Epi, EpiTensors, EpiValues, Kernel, cdiv, schedule_pad
+from cepd_deploy.targets.tvm.kernel import (
+    Call,
+    Epi,
+    EpiTensors,
+    EpiValues,
+    Kernel,
+    cdiv,
+    schedule_pad,
+    vectorize_inner,
+)
 
 
 def max_acc(nv: int, simd: int = 16) -> int:
@@ -170,5 +179,5 @@ def _schedule(sch: Schedule, t: Tiling, padded: bool) -> None:
     sch.vectorize(inner_vec)
     init = sch.decompose_reduction(acc, k)
     sch.vectorize(sch.get_loops(init)[-1])
-    if t.vec == "p":
-        sch.vectorize(sch.get_loops(y)[-1])
+    if t.vec == "p":  # no loop left when the tile holds one output (p = 1, one channel)
+        vectorize_inner(sch, y, 1)

@@ -11,6 +11,12 @@ per node; identical kernels are emitted once. The Plan is lowered as given (the 
 * a two-step 1x1 chain with a 1x1 S branch computes the branch with its first step: one GEMM
   ``[W_first; W_s; 0]`` on the shared input.
 
+An ACT (SiLU, hard-swish, PReLU, ...) whose input is written by an op with an epilogue (and read
+by nothing else) is applied in that epilogue, as ReLU is; otherwise it is its own elementwise
+kernel. MUL, SLICE, PAD, RESIZE and LAYERNORM are kernels of their own
+(:mod:`~cepd_deploy.targets.tvm.simple`); a RESIZE gathers through index and weight tables
+computed at lowering time as torch computes its source pixels.
+
 ``arch="x86"`` picks the register tilings and attaches our schedules; ``arch="gpu"`` emits the
 plain computes for the GPU schedules (:mod:`cepd_deploy.targets.tvm.gpu`).
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import tvm
@@ -27,17 +34,23 @@ from tvm import relax
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import (
+    EPILOGUE_OPS,
+    ActAttrs,
     CEPDBlock,
     ConvAttrs,
     MatmulAttrs,
     Node,
+    NormAttrs,
     Op,
+    PadAttrs,
     PermuteAttrs,
     Plan,
     PoolAttrs,
     ReluAttrs,
+    ResizeAttrs,
     Role,
     ScatterAttrs,
+    SliceAttrs,
 )
 from cepd_deploy.plan.passes import is_pointwise
 from cepd_deploy.targets.tvm import conv as convk
@@ -70,8 +83,18 @@ class Lowering:
         self.extended: dict[str, int] = {}  # S-branch node -> its rows (kappa), emitted with a zero row
         self.folded: dict[str, Node] = {}  # the chain's last step -> the SCATTER_ADD folded into it
         self.joined: dict[str, Node] = {}  # first 1x1 step -> the 1x1 S branch computed with it
+        self.acts: dict[str, Node] = {}  # a node with an epilogue -> the ACT applied in it
         for block in plan.blocks():
             self._fuse(block)
+        for node in plan.nodes:
+            src = self.producer.get(node.inputs[0]) if node.op is Op.ACT else None
+            if (
+                src is not None
+                and src.op in EPILOGUE_OPS
+                and src.epilogue.act is None
+                and self.uses_of[src.output] == 1
+            ):
+                self.acts[src.name] = node
 
     def _private(self, node: Node | None, value: str, test: Callable[[Node], bool] | None = None) -> bool:
         """Whether ``node`` writes ``value`` as a contraction (CONV/MATMUL) without epilogue that
@@ -115,11 +138,14 @@ class Lowering:
         with self.bb.function("main", [x]):
             with self.bb.dataflow():
                 self.env[p.input] = x
-                skip = set(self.folded) | {n.name for n in self.joined.values()}
+                skip = set(self.folded) | {n.name for n in (*self.joined.values(), *self.acts.values())}
                 for node in p.nodes:
                     if node.name in skip:
-                        continue  # emitted by the SCATTER_ADD that consumes it / with its first step
+                        continue  # emitted by the SCATTER_ADD that consumes it / with its first step /
+                        # in the epilogue of its input's producer
                     self.env[node.output] = HANDLERS[node.op](self, node)
+                    if node.name in self.acts:
+                        self.env[self.acts[node.name].output] = self.env[node.output]
                 out = self.bb.emit_output(self.env[p.output])
             self.bb.emit_func_output(out)
         return self.bb.get()
@@ -145,19 +171,19 @@ class Lowering:
 
     # -- epilogues ------------------------------------------------------------------------
     def epilogue(self, node: Node, *, outer: int = 1, scatter: Node | None = None):
-        """(Epi, EpiValues, runtime inputs) of ``node``'s epilogue (and a folded scatter)."""
+        """(Epi, EpiValues, runtime inputs) of ``node``'s epilogue (a folded scatter, a fused ACT)."""
         e, c = node.epilogue, self.plan.consts
         kappa = scatter.in_shapes[1][1] if scatter is not None else 0
         epi = Epi(bool(e.scale), bool(e.bias), e.residual, e.act, kappa, outer)
         vals = EpiValues(c[e.scale] if e.scale else None, c[e.bias] if e.bias else None)
+        if node.name in self.acts:
+            epi, vals.slope = self._act(self.acts[node.name], epi)
         runtime = [self.env[node.inputs[-1]]] if e.residual else []
         if scatter is not None:
             s = self.env[scatter.inputs[1]]
             offset, rows = self.row_offset.get(scatter.inputs[1], 0), _channels(s)
             vals.inv = _inverse_index(_index(scatter), scatter.out_shape[1], offset)
-            epi = Epi(
-                epi.scale, epi.bias, epi.residual, epi.act, kappa, outer, rows if rows != kappa + 1 else 0
-            )
+            epi = replace(epi, s_rows=rows if rows != kappa + 1 else 0)
             runtime.append(s)
         return epi, vals, runtime
 
@@ -273,7 +299,7 @@ class Lowering:
                 (node.in_shapes[1][0], kappa + 1, *node.in_shapes[1][2:]),
             )
         epi, vals, extra = self.epilogue(node)
-        epi = Epi(epi.scale, epi.bias, epi.residual, epi.act, kappa)
+        epi = replace(epi, scatter=kappa, outer=1, s_rows=0)
         vals.inv = _inverse_index(_index(node), node.out_shape[1])
         call = simple.eltwise("copy", node.out_shape, epi, vals)
         return self.emit(call, [self.env[node.inputs[0]], *extra, s], node.out_shape)
@@ -296,7 +322,15 @@ class Lowering:
         if not isinstance(a, PoolAttrs):
             raise CEPDError(f"{node.name}: a pool without PoolAttrs")
         kind = "max" if node.op is Op.MAXPOOL else "avg"
-        call = simple.pool(kind, node.in_shapes[0], node.out_shape, a.kernel, a.stride, a.padding)
+        call = simple.pool(
+            kind,
+            node.in_shapes[0],
+            node.out_shape,
+            a.kernel,
+            a.stride,
+            a.padding,
+            contiguous=self.arch == "x86",
+        )
         return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
 
     def global_avgpool(self, node: Node) -> relax.Expr:
@@ -317,6 +351,55 @@ class Lowering:
         call = simple.eltwise("copy", node.out_shape, Epi(act=act), EpiValues())
         return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
 
+    def _act(self, node: Node, epi: Epi) -> tuple[Epi, np.ndarray | None]:
+        """``epi`` that applies the ACT ``node`` last, and prelu's slopes."""
+        a = node.attrs
+        if not isinstance(a, ActAttrs):
+            raise CEPDError(f"{node.name}: an activation without ActAttrs")
+        slope = self.plan.consts[node.weights[0]] if a.kind == "prelu" else None
+        slopes = slope.size if slope is not None else 0
+        return replace(epi, act=a.kind, alpha=float(a.alpha), slopes=slopes), slope
+
+    def act(self, node: Node) -> relax.Expr:
+        _no_epilogue(node)
+        epi, slope = self._act(node, Epi())
+        call = simple.eltwise("copy", node.out_shape, epi, EpiValues(slope=slope))
+        return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
+
+    def mul(self, node: Node) -> relax.Expr:
+        _no_epilogue(node)
+        call = simple.mul(node.in_shapes[0], node.in_shapes[1])
+        return self.emit(call, [self.env[x] for x in node.inputs], node.out_shape)
+
+    def slice(self, node: Node) -> relax.Expr:
+        _no_epilogue(node)
+        a = _attrs(node, SliceAttrs)
+        x = self.env[node.inputs[0]]
+        if (a.start, a.stop) == (0, node.in_shapes[0][1]):
+            return x
+        return self.emit(simple.channel_slice(node.in_shapes[0], a.start, a.stop), [x], node.out_shape)
+
+    def pad(self, node: Node) -> relax.Expr:
+        _no_epilogue(node)
+        a = _attrs(node, PadAttrs)
+        x = self.env[node.inputs[0]]
+        if not any(a.pads):
+            return x
+        return self.emit(simple.pad(node.in_shapes[0], a.pads), [x], node.out_shape)
+
+    def resize(self, node: Node) -> relax.Expr:
+        _no_epilogue(node)
+        a = _attrs(node, ResizeAttrs)
+        call = simple.resize(node.in_shapes[0], a.size, a.mode, a.align_corners)
+        return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
+
+    def layernorm(self, node: Node) -> relax.Expr:
+        _no_epilogue(node)
+        a = _attrs(node, NormAttrs)
+        scale, shift = (self.plan.consts[w] for w in node.weights)
+        call = simple.layernorm(node.in_shapes[0], a.eps, scale, shift)
+        return self.emit(call, [self.env[node.inputs[0]]], node.out_shape)
+
 
 HANDLERS: dict[Op, Callable[[Lowering, Node], relax.Expr]] = {
     Op.CONV: Lowering.conv_or_matmul,
@@ -332,7 +415,20 @@ HANDLERS: dict[Op, Callable[[Lowering, Node], relax.Expr]] = {
     Op.MAXPOOL: Lowering.pool,
     Op.AVGPOOL: Lowering.pool,
     Op.GLOBAL_AVGPOOL: Lowering.global_avgpool,
+    Op.ACT: Lowering.act,
+    Op.MUL: Lowering.mul,
+    Op.SLICE: Lowering.slice,
+    Op.PAD: Lowering.pad,
+    Op.RESIZE: Lowering.resize,
+    Op.LAYERNORM: Lowering.layernorm,
 }
+
+
+def _attrs(node: Node, cls: type):
+    """``node.attrs``, checked to be a ``cls``."""
+    if not isinstance(node.attrs, cls):
+        raise CEPDError(f"{node.name}: a {node.op.value} node without {cls.__name__}")
+    return node.attrs
 
 
 def _unfolded(node: Node) -> bool:

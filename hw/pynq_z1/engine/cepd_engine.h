@@ -6,7 +6,8 @@
 //   run_steps  - the PE array: CEPD_PE_OUT output channels x CEPD_LANES output pixels of MACs
 //                per cycle (or max/sum lanes for pools), epilogue, output to scratch or DDR;
 //                per output-channel chunk: prefetch(k+1) | compute(k) | store(k-1), ping-pong
-//   run_vec    - DDR -> DDR element-wise ops (add, scatter-add, copy/permute/concat, GAP)
+//   run_vec    - DDR -> DDR ops: element-wise (add, scatter-add, multiply, copy/permute/concat,
+//                activations), GAP, resampling (pad, resize) and layer norm
 // A BUNDLE's loads fill one input half while its steps read the other (the compiler guarantees
 // it; the engine checks it and stops with ST_HAZARD otherwise).
 #ifndef CEPD_ENGINE_H
@@ -52,7 +53,7 @@ struct Geo {
   int op, flat, bh, bw, src_buf, src_half, src_split, src_base, src_pitch, src_cstride, src_y0,
       src_x0, in_h, in_w, oy0, ox0, oh, ow, dst_buf, dst_base, dst_pitch, dst_cstride, groups,
       cin_g, cout_g, kh, kw, sh, sw, ph, pw, dh, dw, w_addr, w_mem, bias_px, sc_map, sc_base, sc_pitch,
-      sc_cstride, sc_a_out, sc_a_shift, sc_b_shift;
+      sc_cstride, sc_a_norm, sc_a_out, sc_a_shift, sc_b_shift;
   int red, nco, chunks, nblk, nbx;
 };
 
@@ -69,7 +70,8 @@ static inline Geo read_geo(const int32_t* r) {
   g.ph = r[S_PH]; g.pw = r[S_PW]; g.dh = r[S_DH]; g.dw = r[S_DW]; g.w_addr = r[S_W_ADDR];
   g.w_mem = r[S_W_MEM]; g.bias_px = r[S_BIAS_PX];
   g.sc_map = r[S_SC_MAP]; g.sc_base = r[S_SC_BASE]; g.sc_pitch = r[S_SC_PITCH];
-  g.sc_cstride = r[S_SC_CSTRIDE]; g.sc_a_out = r[S_SC_A_OUT]; g.sc_a_shift = r[S_SC_A_SHIFT];
+  g.sc_cstride = r[S_SC_CSTRIDE]; g.sc_a_norm = r[S_SC_A_NORM]; g.sc_a_out = r[S_SC_A_OUT];
+  g.sc_a_shift = r[S_SC_A_SHIFT];
   g.sc_b_shift = r[S_SC_B_SHIFT];
   const bool mac = g.op == OP_MAC;
   g.red = (mac ? g.cin_g : 1) * g.kh * g.kw;
@@ -266,7 +268,7 @@ blocks:
           v = rshift_round(v, CEPD_POOL_SHIFT);
         }
         if (g.sc_map >= 0) {  // the CEPD sparse branch, scatter-added in the epilogue
-          v = align(wide_t(requant(v, g.sc_a_out)), g.sc_a_shift);
+          v = align(wide_t(requant(rshift_round(v, g.sc_a_norm), g.sc_a_out)), g.sc_a_shift);
           const int j = p.smap[po];
           if (j >= 0)
             v += align(wide_t(scr[g.sc_base + j * g.sc_cstride + orow[l] * g.sc_pitch + ocol[l]]), g.sc_b_shift);
@@ -353,17 +355,257 @@ chunk:
 }
 
 // ---------------------------------------------------------------------------------------------
-// VEC: DDR -> DDR element-wise ops, one channel at a time
-static void run_vec(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1) {
+// VEC: DDR -> DDR ops of the vector unit (CEPD_VEC_LANES elements per cycle in hardware, one
+// multiplier per lane). Its memories: the activation table (value and step of each segment) and the
+// vector buffer (a resample's column table and interpolated row; a layer-norm tile's statistics).
+// The arithmetic is cepd_deploy/targets/pynq_z1/vector.py's, bit for bit.
+
+// one activation (ACT): the wide value at the record's frac, before the epilogue
+static inline wide_t act_value(const int32_t* r, wide_t x, wide_t slope, const int16_t act[2 * CEPD_ACT_SEGS]) {
+#pragma HLS INLINE
+  const int fn = r[V_FN];
+  if (fn == FN_LEAKY) {
+    if (x >= 0) return align(x, r[V_SL_FRAC]);
+    x *= slope;
+    return x;
+  }
+  if (fn == FN_HSIG || fn == FN_HSWISH) {  // clamp(x + 3, 0, 6) / 6 at frac CEPD_HS_FRAC, exactly
+    const int f = r[V_HS_F];
+    wide_t three = 3, six = 6, t = x;
+    three <<= f;
+    six <<= f;
+    t <<= r[V_HS_USH];
+    t += three;
+    if (t < 0) t = 0;
+    if (t > six) t = six;
+    t <<= CEPD_HS_FRAC;
+    t += three;
+    t >>= f;
+    t /= 6;  // a constant divider (multiply-high and shift in hardware)
+    if (fn == FN_HSWISH) t *= x;
+    return t;
+  }
+  // FN_TABLE: segment i of the input's raw range, interpolated with the low bits
+  wide_t d = x;
+  d -= r[V_T_LO];
+  const int s = r[V_T_SHIFT];
+  wide_t i = d;
+  i >>= s;
+  if (d < 0 || i >= CEPD_ACT_SEGS) {  // beyond the table: the asymptote, or the input requantised
+    const bool left = d < 0;
+    if (left ? r[V_T_LEFT] : r[V_T_RIGHT]) return wide_t(requant(x, r[V_ID_SHIFT]));
+    return wide_t(left ? r[V_T_LVAL] : r[V_T_RVAL]);
+  }
+  const int k = i.to_int();
+  wide_t low = i, v = act[2 * k], step = act[2 * k + 1];
+  low <<= s;
+  low = d - low;
+  v <<= s;
+  step *= low;
+  v += step;
+  return rshift_round(v, s);
+}
+
+// RESAMPLE: zero padding, nearest and bilinear resize. Tables of (i0, i1, w) per output row (read
+// as it goes) and per output column (first copied into the vector buffer); index -1 reads zero.
+// Per channel: a vertical pass a + w (b - a) over the source row(s) into the line buffer whenever
+// the row's entry changes, then a horizontal pass per output row; or (rs_direct: every weight 0)
+// one pass that streams the source pixels to the output.
+static void vec_resample(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1,
+                         wide_t vbuf[CEPD_VBUF]) {
   const Epi e = read_epi(r);
-  const int vop = r[V_VOP], C = r[V_CHANNELS], hw = r[V_HW];
+  const int C = r[V_CHANNELS], in_w = r[V_IN_W], oh = r[V_OUT_H], ow = r[V_OUT_W];
+  const int line = 3 * ow;  // the interpolated row follows the column table
+rs_cols:
+  for (int i = 0; i < 3 * ow; i++) {
+#pragma HLS PIPELINE II = 1
+    vbuf[i] = w0[r[V_X_ADDR] + i];
+  }
+  if (r[V_RS_DIRECT]) {  // every weight 0 (padding, nearest): source pixels stream to the output
+  rs_dc:
+    for (int c = 0; c < C; c++) {
+      const long src = r[V_A_ADDR] + (long)c * r[V_A_CSTRIDE];
+      const long dst = r[V_OUT_ADDR] + (long)c * r[V_OUT_CSTRIDE];
+    rs_dy:
+      for (int y = 0; y < oh; y++) {
+        const int y0 = w0[r[V_P_ADDR] + 3 * y];
+      rs_dx:
+        for (int x = 0; x < ow; x++) {
+#pragma HLS PIPELINE II = 1
+          const int x0 = vbuf[3 * x].to_int();
+          wide_t v = y0 >= 0 && x0 >= 0 ? wide_t(a0[src + (long)y0 * in_w + x0]) : wide_t(0);
+          v <<= CEPD_RS_WB + CEPD_RS_GUARD;  // the value the interpolating path makes of it, exactly
+          a1[dst + (long)y * ow + x] = (int16_t)epilogue(v, e, data_t(0), 0, data_t(0)).to_int();
+        }
+      }
+    }
+    return;
+  }
+rs_c:
+  for (int c = 0; c < C; c++) {
+    const long src = r[V_A_ADDR] + (long)c * r[V_A_CSTRIDE];
+    const long dst = r[V_OUT_ADDR] + (long)c * r[V_OUT_CSTRIDE];
+    int p0 = -2, p1 = -2, pw = -1;
+  rs_y:
+    for (int y = 0; y < oh; y++) {
+      const int y0 = w0[r[V_P_ADDR] + 3 * y], y1 = w0[r[V_P_ADDR] + 3 * y + 1], wy = w0[r[V_P_ADDR] + 3 * y + 2];
+      if (y0 != p0 || y1 != p1 || wy != pw) {
+      rs_v:
+        for (int x = 0; x < in_w; x++) {
+#pragma HLS PIPELINE II = 1
+          const wide_t a = y0 >= 0 ? wide_t(a0[src + (long)y0 * in_w + x]) : wide_t(0);
+          wide_t v = a, d = y1 >= 0 ? wide_t(a0[src + (long)y1 * in_w + x]) : wide_t(0);
+          v <<= CEPD_RS_WB;
+          d -= a;
+          d *= wy;
+          v += d;
+          vbuf[line + x] = rshift_round(v, CEPD_RS_WB - CEPD_RS_GUARD);
+        }
+        p0 = y0;
+        p1 = y1;
+        pw = wy;
+      }
+    rs_x:
+      for (int x = 0; x < ow; x++) {
+#pragma HLS PIPELINE II = 1
+        const int x0 = vbuf[3 * x].to_int(), x1 = vbuf[3 * x + 1].to_int(), wx = vbuf[3 * x + 2].to_int();
+        const wide_t p = x0 >= 0 ? vbuf[line + x0] : wide_t(0);
+        wide_t v = p, d = x1 >= 0 ? vbuf[line + x1] : wide_t(0);
+        v <<= CEPD_RS_WB;
+        d -= p;
+        d *= wx;
+        v += d;
+        a1[dst + (long)y * ow + x] = (int16_t)epilogue(v, e, data_t(0), 0, data_t(0)).to_int();
+      }
+    }
+  }
+}
+
+static const int32_t rsqrt_seed[48] = {CEPD_RSQRT_SEEDS};
+
+// 1/sqrt(w) for 1 <= w < 2**62: r (frac 16) and e with r 2**-16 2**-e ~ w**-1/2. w = m 4**e with m
+// in [1, 4) at frac 30, a seed from the top bits of m, two Newton steps r (3 - m r**2) / 2.
+static inline void rsqrt_q(wide_t w, wide_t& r16, int& e) {
+  int n = 0;
+rsqrt_bits:
+  for (int b = 0; b < 63; b++)  // the bit length (a leading-zero count in hardware)
+    if (w[b]) n = b + 1;
+  e = (n - 1) >> 1;
+  const int sh = CEPD_RSQRT_BITS - 2 * e;
+  wide_t m = w, top;
+  if (sh >= 0) m <<= sh;
+  else m >>= -sh;
+  top = m;
+  top >>= 26;
+  wide_t rr = rsqrt_seed[top.to_int() - 16];
+rsqrt_newton:
+  for (int k = 0; k < 2; k++) {
+    wide_t r2 = rr, t = m, f = 3;
+    r2 *= rr;
+    r2 >>= CEPD_RSQRT_BITS;
+    t *= r2;
+    t >>= CEPD_RSQRT_BITS;
+    f <<= CEPD_RSQRT_BITS;
+    f -= t;
+    rr *= f;
+    rr >>= CEPD_RSQRT_BITS + 1;
+  }
+  r16 = rshift_round(rr, CEPD_RSQRT_BITS - 16);
+}
+
+// LNORM: layer norm over the channels, per tile of ln_tile positions: sums S1, S2 (pass 1), then
+// W = (C S2 - S1^2) 4^g + eps, its reciprocal square root r, z = (C x - S1) 2^g r (frac
+// CEPD_LN_ZFRAC) and the epilogue (z * scale + shift) (pass 2).
+static void vec_lnorm(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1,
+                      wide_t vbuf[CEPD_VBUF]) {
+  const Epi e = read_epi(r);
+  const int C = r[V_CHANNELS], hw = r[V_HW], P = r[V_LN_TILE], g = r[V_LN_G];
+  wide_t eps = r[V_LN_EPS_HI];
+  eps <<= 31;
+  eps += r[V_LN_EPS_LO];
+ln_tile:
+  for (int p0 = 0; p0 < hw; p0 += P) {
+    const int np = hw - p0 < P ? hw - p0 : P;
+  ln_zero:
+    for (int p = 0; p < 2 * np; p++) {
+#pragma HLS PIPELINE II = 1
+      vbuf[p] = 0;
+    }
+  ln_sum_c:
+    for (int c = 0; c < C; c++) {
+      const long a = r[V_A_ADDR] + (long)c * r[V_A_CSTRIDE] + p0;
+    ln_sum_p:
+      for (int p = 0; p < np; p++) {
+#pragma HLS PIPELINE II = 1
+        const wide_t x = a0[a + p];
+        wide_t sq = x;
+        sq *= x;
+        vbuf[2 * p] += x;
+        vbuf[2 * p + 1] += sq;
+      }
+    }
+  ln_stat:
+    for (int p = 0; p < np; p++) {
+      wide_t w = vbuf[2 * p + 1], s1sq = vbuf[2 * p], r16;
+      int ex;
+      w *= C;
+      s1sq *= vbuf[2 * p];
+      w -= s1sq;
+      w <<= 2 * g;
+      w += eps;
+      if (w < 1) w = 1;
+      rsqrt_q(w, r16, ex);
+      r16 <<= 8;
+      r16 += ex;  // packed: the mantissa, and the exponent (< 32) in the low byte
+      vbuf[2 * p + 1] = r16;
+    }
+  ln_norm_c:
+    for (int c = 0; c < C; c++) {
+      const data_t scale = e.scale >= 0 ? data_t(w0[e.scale + c]) : data_t(0);
+      const int32_t bias = e.bias >= 0 ? rd32(w0, e.bias + 2L * c) : 0;
+      const long a = r[V_A_ADDR] + (long)c * r[V_A_CSTRIDE] + p0;
+      const long o = r[V_OUT_ADDR] + (long)c * r[V_OUT_CSTRIDE] + p0;
+    ln_norm_p:
+      for (int p = 0; p < np; p++) {
+#pragma HLS PIPELINE II = 1
+        const wide_t packed = vbuf[2 * p + 1];
+        wide_t z = a0[a + p], rr = packed;
+        rr >>= 8;
+        z *= C;
+        z -= vbuf[2 * p];
+        z *= rr;
+        z = align(z, g - (packed & 255).to_int());
+        a1[o + p] = (int16_t)epilogue(z, e, scale, bias, data_t(0)).to_int();
+      }
+    }
+  }
+}
+
+// element-wise records: copy/permute/concat, add, scatter-add, multiply, activations; GAP
+static void run_vec(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1,
+                    int16_t act[2 * CEPD_ACT_SEGS], wide_t vbuf[CEPD_VBUF]) {
+  const int vop = r[V_VOP];
+  if (vop == VOP_RESAMPLE) return vec_resample(r, w0, a0, a1, vbuf);
+  if (vop == VOP_LNORM) return vec_lnorm(r, w0, a0, a1, vbuf);
+  const Epi e = read_epi(r);
+  const int C = r[V_CHANNELS], hw = r[V_HW];
+  const bool act_op = vop == VOP_ACT, two = vop == VOP_ADD2 || vop == VOP_MUL;
+  if (act_op && r[V_FN] == FN_TABLE) {
+  act_load:
+    for (int i = 0; i < 2 * CEPD_ACT_SEGS; i++) {
+#pragma HLS PIPELINE II = 1
+      act[i] = w0[r[V_P_ADDR] + i];
+    }
+  }
 vec_c:
   for (int c = 0; c < C; c++) {
     const int ca = r[V_A_MAP] >= 0 ? int(w0[r[V_A_MAP] + c]) : c;
-    const int cb = vop == VOP_ADD2 ? (r[V_B_MAP] >= 0 ? int(w0[r[V_B_MAP] + c]) : c) : -1;
+    const int cb = two ? (r[V_B_MAP] >= 0 ? int(w0[r[V_B_MAP] + c]) : c) : -1;
     const data_t scale = e.scale >= 0 ? data_t(w0[e.scale + c]) : data_t(0);
     const int32_t bias = e.bias >= 0 ? rd32(w0, e.bias + 2L * c) : 0;
+    const wide_t slope = act_op && r[V_FN] == FN_LEAKY ? wide_t(w0[r[V_P_ADDR] + c * r[V_P_STEP]]) : wide_t(0);
     const long abase = r[V_A_ADDR] + (long)ca * r[V_A_CSTRIDE];
+    const long bbase = r[V_B_ADDR] + (long)cb * r[V_B_CSTRIDE];
     const long obase = r[V_OUT_ADDR] + (long)c * r[V_OUT_CSTRIDE];
     if (vop == VOP_GAP) {
       wide_t sum = 0;
@@ -381,8 +623,16 @@ vec_c:
   vec_p:
     for (int p = 0; p < hw; p++) {
 #pragma HLS PIPELINE II = 1
-      wide_t v = align(wide_t(a0[abase + p]), r[V_A_SHIFT]);
-      if (cb >= 0) v += align(wide_t(a1[r[V_B_ADDR] + (long)cb * r[V_B_CSTRIDE] + p]), r[V_B_SHIFT]);
+      wide_t v;
+      if (vop == VOP_MUL) {  // b: one value per channel (broadcast) or one per element
+        v = a0[abase + p];
+        v *= wide_t(a1[bbase + (r[V_B_BCAST] ? 0 : p)]);
+      } else if (act_op) {
+        v = act_value(r, wide_t(a0[abase + p]), slope, act);
+      } else {
+        v = align(wide_t(a0[abase + p]), r[V_A_SHIFT]);
+        if (cb >= 0) v += align(wide_t(a1[bbase + p]), r[V_B_SHIFT]);
+      }
       const data_t res = e.res >= 0 ? data_t(a1[e.res + (long)c * e.res_cstride + p]) : data_t(0);
       a1[obase + p] = (int16_t)epilogue(v, e, scale, bias, res).to_int();
     }
@@ -408,6 +658,10 @@ static void set_status(int16_t* a, int status, long count) {
 static void cepd_run(const int16_t* w0, const int16_t* w1, int16_t* a0, int16_t* a1, int max_records) {
   static data_t ibuf0[CEPD_IBUF_HALF], ibuf1[CEPD_IBUF_HALF], scratch[CEPD_SCRATCH];
   static StepBufs sb;
+  static int16_t act[2 * CEPD_ACT_SEGS];
+  static wide_t vbuf[CEPD_VBUF];
+#pragma HLS ARRAY_PARTITION variable = act cyclic factor = 2
+#pragma HLS ARRAY_PARTITION variable = vbuf cyclic factor = CEPD_VEC_LANES
 #pragma HLS ARRAY_PARTITION variable = ibuf0 cyclic factor = CEPD_LANES
 #pragma HLS ARRAY_PARTITION variable = ibuf1 cyclic factor = CEPD_LANES
 #pragma HLS ARRAY_PARTITION variable = scratch cyclic factor = CEPD_LANES
@@ -428,7 +682,7 @@ records:
     const int kind = rec[0];
     if (kind == K_END) break;
     if (kind == K_VEC) {
-      run_vec(rec, w0, a0, a1);
+      run_vec(rec, w0, a0, a1, act, vbuf);
       continue;
     }
     if (kind != K_BUNDLE) return set_status(a0, ST_BAD_RECORD, pc);
