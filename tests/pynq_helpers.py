@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from functools import cache
 
+import pytest
 import torch
 
 from cepd_deploy import build_model, convert
 from tests.conftest import randomize_bn
+
+#: a test that C-simulates the engine: it needs g++ and hls4ml's ap_types headers
+CSIM = pytest.mark.skipif(
+    shutil.which("g++") is None or importlib.util.find_spec("hls4ml") is None,
+    reason="the C-simulation needs g++ and hls4ml's ap_types headers",
+)
 
 
 @cache

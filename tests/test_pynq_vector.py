@@ -8,9 +8,7 @@ value in DDR, and every 16-bit input of every activation.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import shutil
 import subprocess
 
 import numpy as np
@@ -44,12 +42,9 @@ from cepd_deploy.targets.pynq_z1.program import compile_program
 from cepd_deploy.targets.pynq_z1.project import tolerance
 from cepd_deploy.targets.pynq_z1.target import PynqZ1
 from tests.plans import modern_plan
+from tests.pynq_helpers import CSIM
 
 ALL = np.arange(-(2**15), 2**15, dtype=np.int64)  # every 16-bit input
-CSIM = pytest.mark.skipif(
-    shutil.which("g++") is None or importlib.util.find_spec("hls4ml") is None,
-    reason="the C-simulation needs g++ and hls4ml's ap_types headers",
-)
 
 
 def _one(op, in_shapes, out_shape, attrs, f_in, f_out, consts=None, weights=(), bits=16):

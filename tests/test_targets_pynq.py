@@ -3,9 +3,7 @@ estimate for the Plan's batch, the light module, and the fused groups read from 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,12 +23,7 @@ from cepd_deploy.targets.pynq_z1.groups import Group, partition
 from cepd_deploy.targets.pynq_z1.model import estimate, one_image
 from cepd_deploy.targets.pynq_z1.summary import layer_table, text_summary
 from cepd_deploy.targets.pynq_z1.target import CSIM_MISMATCH, PynqZ1
-from tests.pynq_helpers import cepd_resnet20
-
-CSIM = pytest.mark.skipif(
-    shutil.which("g++") is None or importlib.util.find_spec("hls4ml") is None,
-    reason="the C-simulation needs g++ and hls4ml's ap_types headers",
-)
+from tests.pynq_helpers import CSIM, cepd_resnet20
 
 
 @pytest.fixture(scope="module")
