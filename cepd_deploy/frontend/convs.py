@@ -100,9 +100,9 @@ def _subclass_form(conv: nn.Conv2d) -> ConvForm:
         if n.op in ("placeholder", "output", "get_attr"):
             continue
         if n.op == "call_module" and form is None:
-            pads = _add(pads, _pad_module(conv.get_submodule(n.target), kind))
+            pads = add_pads(pads, _pad_module(conv.get_submodule(n.target), kind))
         elif n.op == "call_function" and n.target is F.pad and form is None:
-            pads = _add(pads, _pad_call(n, kind))
+            pads = add_pads(pads, _pad_call(n, kind))
         elif n.op == "call_function" and n.target is F.conv2d and form is None:
             form = _conv_call(conv, n, kind)
         elif n.op == "call_function" and n.target is operator.getitem:
@@ -111,10 +111,12 @@ def _subclass_form(conv: nn.Conv2d) -> ConvForm:
             raise CEPDError(f"{kind}: its forward does more than pad and convolve ({n.op} {n.target})")
     if form is None:
         raise CEPDError(f"{kind}: its forward calls no F.conv2d")
-    return ConvForm(form.weight, form.bias, form.stride, form.dilation, form.groups, _add(pads, form.pads))
+    pads = add_pads(pads, form.pads)
+    return ConvForm(form.weight, form.bias, form.stride, form.dilation, form.groups, pads)
 
 
-def _add(a: Pads, b: Pads) -> Pads:
+def add_pads(a: Pads, b: Pads) -> Pads:
+    """Two paddings (top, bottom, left, right) applied one after the other."""
     return tuple(x + y for x, y in zip(a, b))
 
 

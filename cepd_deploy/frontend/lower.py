@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 
 from cepd_deploy.errors import CEPDError
-from cepd_deploy.frontend.convs import conv_form, pair
+from cepd_deploy.frontend.convs import add_pads, conv_form, pair
 from cepd_deploy.frontend.ops import Handlers, Unsupported, Val, bn_affine, describe
 from cepd_deploy.frontend.spellings import canonical
 from cepd_deploy.frontend.trace import interpret, trace, where
@@ -240,7 +240,7 @@ class _Lowering(Handlers):
             raise Unsupported(str(exc)) from None
         x = self.val(n.args[0])
         if x.pads is not None and len(n.args[0].users) == 1:  # fold a pad only this conv reads
-            src, padding = self.fold_pad(x.name, _add(x.pads, form.pads), f"{n.target}.pad")
+            src, padding = self.fold_pad(x.name, add_pads(x.pads, form.pads), f"{n.target}.pad")
         else:
             src, padding = self.fold_pad(self.nchw(n.args[0]), form.pads, f"{n.target}.pad")
         in_shape = self.plan_shapes[src]
@@ -284,7 +284,7 @@ class _Lowering(Handlers):
             x = self.stored(n.args[0])
         elif v.pads is not None and len(n.args[0].users) == 1:  # the layer is linear: fold the pad
             ph, pw = spec.padding
-            x, padding = self.fold_pad(v.name, _add(v.pads, (ph, ph, pw, pw)), f"{n.target}.pad")
+            x, padding = self.fold_pad(v.name, add_pads(v.pads, (ph, ph, pw, pw)), f"{n.target}.pad")
             spec = replace(spec, padding=padding)
         else:
             x = self.nchw(n.args[0])
@@ -332,10 +332,6 @@ def _in_place(n: fx.Node, mod: nn.Module | None) -> bool:
     name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
     trailing = isinstance(name, str) and name.endswith("_") and not name.endswith("__")
     return bool(n.kwargs.get("inplace")) or trailing
-
-
-def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(x + y for x, y in zip(a, b))
 
 
 def _what(n: fx.Node, mod: nn.Module | None) -> str:
