@@ -101,3 +101,44 @@ def test_library_latency_needs_the_library(monkeypatch):
         allocation_kwargs("library-latency")
     with pytest.raises(CEPDError, match="custom-op library"):
         LibraryLatency()
+
+
+def test_layer_probes_of_a_converted_model_are_the_probes_convert_timed():
+    from cepd_deploy.frontend.convert import layer_probes
+
+    asked = {}
+
+    def latency(probe, ranks):  # records what convert asks about; MACs-like
+        asked.setdefault(probe, set()).add(ranks)
+        dense = probe.in_channels * probe.out_channels * probe.kernel[0] * probe.kernel[1]
+        return dense if ranks is None else ranks[0] * (probe.in_channels + probe.out_channels + 9 * ranks[0])
+
+    model = convert(build_model("resnet20"), flops_remaining=0.5, latency=latency)
+    probes = layer_probes(model, lower(model, SHAPE))
+    cepd = [n for n, m in model.named_modules() if type(m).__name__ == "CEPDConv2d"]
+    assert sorted(probes) == sorted(cepd) and cepd
+    for name, (probe, ranks) in probes.items():
+        assert probe in asked and ranks in asked[probe], name  # the same shapes, act, kappa, layout
+
+
+def test_inspect_latency_times_every_cepd_layer_against_its_dense_conv(tmp_path, monkeypatch, capsys):
+    from cepd_deploy.cli import main
+
+    monkeypatch.setenv("CEPD_DEPLOY_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "r20.pt"
+    assert main(["convert", "--arch", "resnet20", "--flops-remaining", "0.5", "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--latency", "onnxruntime", "--threads", "1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for row in data["layers"]:
+        timed = row["kind"] == "cepd"
+        assert ("ms" in row and "dense_ms" in row) == timed, row["name"]
+        if timed:
+            assert row["ms"] > 0 and row["dense_ms"] > 0
+    assert data["latency"]["runtime"] == "onnxruntime" and data["latency"]["machine"]["threads"] == 1
+    (cache,) = (tmp_path / "cache").glob("onnx-latency-*.json")
+    measured = cache.read_text()
+    assert main(["inspect", str(path), "--latency", "onnxruntime", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "dense ms" in text and "slower than dense on this CPU:" in text and "measured on:" in text
+    assert cache.read_text() == measured  # the second run timed nothing: every layer was cached

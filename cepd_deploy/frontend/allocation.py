@@ -164,8 +164,12 @@ class OrtLatency:
         return build_session(to_model(prepare(plan)), self.threads)
 
     def many(self, options: list[tuple]) -> list[float]:
-        """Latencies of ``(probe, ranks)`` pairs; the ones not in the cache are measured together
-        (see :meth:`_measure`), with a progress bar."""
+        """Latencies of ``(probe, ranks)`` pairs for an allocation (see :meth:`times`)."""
+        return self.times(options)
+
+    def times(self, options: list[tuple]) -> list[float]:
+        """Measured latencies of ``(probe, ranks)`` pairs; the ones not in the cache are measured
+        together (see :meth:`_measure`), with a progress bar."""
         keys = [json.dumps([dataclasses.astuple(p), r]) for p, r in options]
         todo = {k: v for k, v in zip(keys, options) if k not in self.table}
         if todo:
@@ -255,7 +259,7 @@ class LibraryLatency(OrtLatency):
 
         top = max((p.in_shape[2] * p.in_shape[3] for p, _ in options), default=0)
         first = [r is not None and out_pixels(p) >= top for p, r in options]
-        timed = iter(super().many([o for o, f in zip(options, first) if not f]))
+        timed = iter(self.times([o for o, f in zip(options, first) if not f]))
         return [math.inf if f else next(timed) for f in first]
 
     def _runtime_key(self) -> list:

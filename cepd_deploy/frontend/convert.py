@@ -377,6 +377,26 @@ def _uniform(rows, pick, total, goal: float) -> list[int]:
 
 
 
+def layer_probes(model: nn.Module, plan) -> dict[str, tuple[LayerProbe, tuple[int, ...]]]:
+    """Each CEPD conv of a converted ``model`` (lowered to ``plan``) as a latency model sees it,
+    with its ranks: what ``inspect --latency`` times against the dense conv it replaced. Layers
+    that replaced an ``nn.Linear`` on channels-last maps are left out (no conv probe stands for
+    them)."""
+    from cepd_deploy.model.layers import CEPDConv2d
+
+    modules = dict(model.named_modules())
+    out = {}
+    for name, info in plan.layers.items():
+        mod = modules.get(name)
+        if info.kind != "cepd" or not isinstance(mod, CEPDConv2d) or mod.channels_last:
+            continue
+        s, (o, i, kh, kw) = mod.spec, info.weight_shape
+        act = plan.layer_nodes(name)[-1].epilogue.act
+        out[name] = (LayerProbe(i, o, (kh, kw), s.stride, s.padding, s.dilation, (1, *info.in_shape[1:]), act,
+                                s.kappa, s.layout.name), tuple(s.ranks))  # fmt: skip
+    return out
+
+
 def _probe(conv: Candidate, in_shape, act: str | None, kappa: int, layout: str) -> LayerProbe:
     return LayerProbe(conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
                       tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), tuple(in_shape),

@@ -51,12 +51,21 @@ def _si(n: float) -> str:
     return str(int(n))
 
 
-def summary(plan: Plan, why_dense: dict[str, str] | None = None) -> str:
-    """The per-layer table, the totals line, and why convs stayed dense (grouped by reason)."""
+def summary(plan: Plan, why_dense: dict[str, str] | None = None,
+            latency: dict[str, tuple[float, float]] | None = None) -> str:  # fmt: skip
+    """The per-layer table, the totals line, and why convs stayed dense (grouped by reason); with
+    ``latency`` (layer -> (ms, dense ms) measured), those two columns and their ratio."""
     headers = ["layer", "weight", "layout", "factors", "ranks", "kept", "order", "params", "MACs"]
     rows = [[r["name"], "x".join(map(str, r["weight_shape"])), r["layout"], r["factors"] or "-",
              ",".join(map(str, r["ranks"])) or "-", r["kept_filters"] if r["kind"] == "cepd" else "-",
              r["order"], _si(r["params"]), _si(r["macs"])] for r in layer_rows(plan)]  # fmt: skip
+    align = "lllllrlrr"
+    if latency is not None:
+        headers += ["ms", "dense ms", "of dense"]
+        align += "rrr"
+        for row in rows:
+            ms, dense = latency.get(row[0], (None, None))
+            row += [f"{ms:.3f}", f"{dense:.3f}", f"{ms / dense:.2f}"] if ms else ["-", "-", "-"]
     t = totals(plan)
     foot = (
         f"total: {_si(t['macs'])} MACs of {_si(t['dense_macs'])} dense "
@@ -67,7 +76,7 @@ def summary(plan: Plan, why_dense: dict[str, str] | None = None) -> str:
     for name, reason in (why_dense or {}).items():
         groups.setdefault(reason, []).append(name)
     why = [f"stayed dense, {reason}: {_names(names)}" for reason, names in groups.items()]
-    return "\n".join([format_table(headers, rows, "lllllrlrr"), foot, *why])
+    return "\n".join([format_table(headers, rows, align), foot, *why])
 
 
 def _names(names: list[str], limit: int = 6) -> str:
