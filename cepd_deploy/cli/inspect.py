@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             if row["name"] in (lat or {}):
                 row["ms"], row["dense_ms"] = lat[row["name"]]
-        extra = {"latency": {"runtime": args.latency, "machine": machine_info(args.threads)}} if lat else {}
+        timed = {"runtime": args.latency, "machine": machine_info(args.threads)}
+        extra = {"latency": timed} if lat is not None else {}
         print_json({"model": label, "input_shape": list(shape), "layers": rows, "totals": totals(plan)}
                    | extra)  # fmt: skip
     else:
