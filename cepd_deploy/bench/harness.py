@@ -25,6 +25,7 @@ from cepd_deploy.bench.adapters import bench_targets, measured, modelled_ms, run
 from cepd_deploy.bench.machine import machine_info
 from cepd_deploy.bench.paper import paper_latency, paper_speedup
 from cepd_deploy.errors import CEPDError
+from cepd_deploy.targets import get as get_target
 
 
 @dataclass
@@ -137,11 +138,13 @@ def run_bench(
     source: dict | None = None,
     batch: int = 1,
     memory: bool = False,
+    pynq_bits: int = 16,
 ) -> list[Row]:
     """Latency rows for every (model variant, target); speedups against the dense row. ``source``:
     how ``arch`` is loaded (see :func:`build_variants`). Every run is of ``batch`` images (rows
     give the throughput too); with ``memory`` (``cepd-deploy bench`` sets it unless --no-memory),
-    each measured runtime's peak memory on each model (``bench.memory``: onnxruntime and TVM)."""
+    each measured runtime's peak memory on each model (``bench.memory``: onnxruntime and TVM).
+    ``pynq_bits``: the PYNQ-Z1 engine's data width (8 or fewer: the packed 8-bit engine)."""
     valid = bench_targets()
     unknown = [t for t in targets if t not in valid]
     if unknown:
@@ -150,13 +153,15 @@ def run_bench(
         raise CEPDError("FLOPs points must lie in (0, 1)")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise CEPDError(f"the batch must be a whole number >= 1, got {batch!r}")
+    options = {"eyeriss": {"spec": eyeriss_spec}, "pynq-z1": {"bits": pynq_bits}}
+    if "pynq-z1" in targets:
+        get_target("pynq-z1").options(options["pynq-z1"])  # a bad --pynq-bits fails before the models load
     machine = machine_info(threads)  # the load average before this run loads the machine
     variants = build_variants(arch, points, progress=progress, allocation=allocation, threads=threads,
                               source=source, batch=batch)  # fmt: skip
     # rows are named "<arch>-<variant>" (a network MODULE:ATTR by its ATTR)
     arch = Path(arch).stem if Path(arch).is_file() else arch.rpartition(":")[2]
     rows: list[Row] = []
-    options = {"eyeriss": {"spec": eyeriss_spec}}
     for target in [t for t in targets if not measured(t)]:
         for v in tqdm(variants, desc=target, disable=not progress, unit="model"):
             ms, details = modelled_ms(target, v.plan, options.get(target))

@@ -49,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=count, default=3, help="untimed rounds before the timed ones (default 3)")
     p.add_argument("--eyeriss-spec", default="eyeriss_scaled",
                    help="Eyeriss preset or YAML path (default: the preset at the paper's scale)")
+    p.add_argument("--pynq-bits", type=int, default=16, metavar="BITS",
+                   help="the pynq-z1 engine's data width, 4 to 16 (8 or fewer: the 8-bit engine, two MACs "
+                   "per DSP; default 16)")  # fmt: skip
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
                    help="write the rows as JSON to PATH (or print them with no PATH)")  # fmt: skip
     p.add_argument("--csv", metavar="PATH", help="write the rows as CSV to PATH")
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     rows = run_bench(args.model, tuple(args.flops_remaining), tuple(args.targets), threads=args.threads,
                      repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
                      progress=not args.quiet, allocation=args.allocation,
-                     source=model_options(args), batch=args.batch, memory=args.memory)  # fmt: skip
+                     source=model_options(args), batch=args.batch, memory=args.memory,
+                     pynq_bits=args.pynq_bits)  # fmt: skip
     payload = rep.to_payload(rows, args.model)  # the machine of the measured rows included
     texts = {"json": json.dumps(payload, indent=1), "csv": rep.to_csv(rows), "markdown": rep.markdown(rows)}
     for key, path in outs.items():

@@ -42,7 +42,9 @@ HEADER_FIELDS = (
 )
 MAGIC = 0x315A5043  # "CPZ1"
 VERSION = 1
-ARENA_RESERVED = 16  # status words at the start of the arena (word 0: status, 1: records run)
+#: status words at the start of the arena: word 0 the status, then the records run (32 bits, least
+#: significant word first: 2 words, or 4 in the 8-bit engine's arena of bytes)
+ARENA_RESERVED = 16
 ALIGN = 4  # DDR regions start on 8-byte (one 64-bit beat) boundaries
 
 

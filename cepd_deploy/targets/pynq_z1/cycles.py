@@ -33,7 +33,7 @@ from cepd_deploy.targets.pynq_z1.config import Board, EngineConfig, load_board
 from cepd_deploy.targets.pynq_z1.groups import bank_ii
 from cepd_deploy.targets.pynq_z1.isa import ACT_SEGS, REC_WORDS, ActFn, Buf, Kind, StepOp, VecOp
 
-WORD_BYTES = 2
+WORD_BYTES = 2  # a word of the weight blob; an arena value is ``cfg.amem_bytes`` (1 in the 8-bit engine)
 PORTS = 2  # HP0 and HP1
 ACT_TABLE_WORDS = 2 * ACT_SEGS  # (value, step) per segment
 #: multiplier cycles of one layer-norm position's statistics: C S2 - S1**2 (two 64-bit products on
@@ -115,11 +115,12 @@ def step_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
     slow_epi = r["e_scale"] >= 0 or r["op"] == StepOp.AVGP
     drain = math.ceil(po * L / (cfg.scale_lanes if slow_epi else cfg.epi_lanes))
     compute = blocks * max(red * ii, drain) + cfg.pipeline_depth
-    w_bytes = po * red * WORD_BYTES if mac else 0
-    r_bytes = po * oh * ow * WORD_BYTES if r["e_res"] >= 0 else 0
-    s_bytes = po * oh * ow * WORD_BYTES if r["dst_buf"] == Buf.DDR else 0
-    prefetch = bw.transfer(1, w_bytes) + bw.transfer(po * oh if r_bytes else 0, ow * WORD_BYTES)
-    store = bw.transfer(po * oh if s_bytes else 0, ow * WORD_BYTES)
+    A = cfg.amem_bytes
+    w_bytes = po * red * (A if r["w_mem"] else WORD_BYTES) if mac else 0
+    r_bytes = po * oh * ow * A if r["e_res"] >= 0 else 0
+    s_bytes = po * oh * ow * A if r["dst_buf"] == Buf.DDR else 0
+    prefetch = bw.transfer(1, w_bytes) + bw.transfer(po * oh if r_bytes else 0, ow * A)
+    store = bw.transfer(po * oh if s_bytes else 0, ow * A)
     rd, wr = chunks * (w_bytes + r_bytes), chunks * s_bytes
     cycles = chunks * max(compute, prefetch, store, (w_bytes + r_bytes + s_bytes) / bw.ddr_bpc)
     macs = r["groups"] * r["cout_g"] * oh * ow * red if mac else 0
@@ -129,7 +130,8 @@ def step_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
 def load_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
     """One LOAD record: its input tile, one burst sequence per channel row plus the first-data
     latency, or the DDR's share if slower."""
-    span = ((r["cols"] - 1) * r["col_step"] + 1) * WORD_BYTES  # a subsampling load reads whole spans
+    word = WORD_BYTES if r["src_mem"] else cfg.amem_bytes  # from the blob, or the arena
+    span = ((r["cols"] - 1) * r["col_step"] + 1) * word  # a subsampling load reads whole spans
     nbytes = r["channels"] * r["rows"] * span
     cycles = bw.transfer(r["channels"] * r["rows"], span) + bw.latency
     return Cost(max(cycles, nbytes / bw.ddr_bpc), 0, nbytes, 0)
@@ -154,9 +156,10 @@ def vec_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
         params += ACT_TABLE_WORDS
     elif r["vop"] == VecOp.ACT and r["fn"] == ActFn.LEAKY:
         params += c if r["p_step"] else 1
-    rd = bw.transfer(c * operands, hw * WORD_BYTES) + bw.transfer(1 if bcast else 0, c * WORD_BYTES)
-    wr = bw.transfer(1, out * WORD_BYTES)
-    rd_bytes, wr_bytes = (n * operands + params) * WORD_BYTES, out * WORD_BYTES
+    A = cfg.amem_bytes
+    rd = bw.transfer(c * operands, hw * A) + bw.transfer(1 if bcast else 0, c * A)
+    wr = bw.transfer(1, out * A)
+    rd_bytes, wr_bytes = n * operands * A + params * WORD_BYTES, out * A
     cycles = max(n / cfg.vec_lanes, rd, wr, (rd_bytes + wr_bytes) / bw.ddr_bpc)
     return Cost(before + cycles + bw.latency + cfg.pipeline_depth, 0, rd_bytes, wr_bytes)
 
@@ -168,15 +171,16 @@ def resample_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
     is one pass per channel that reads ``rs_rows`` source rows and writes the output."""
     c, w, ho, wo = r["channels"], r["in_w"], r["out_h"], r["out_w"]
     vpass, rows = r["rs_vpass"], r["rs_rows"]
-    rd_v, wr_h = c * rows * w * WORD_BYTES, c * ho * wo * WORD_BYTES
+    A = cfg.amem_bytes
+    rd_v, wr_h = c * rows * w * A, c * ho * wo * A
     tables = (3 * wo + 3 * c * ho) * WORD_BYTES
     head = 2 * bw.latency + bw.transfer(1, 3 * wo * WORD_BYTES)
     if r["rs_direct"]:
-        ddr = max(bw.transfer(c * rows, w * WORD_BYTES), bw.transfer(c * ho, wo * WORD_BYTES))
+        ddr = max(bw.transfer(c * rows, w * A), bw.transfer(c * ho, wo * A))
         cycles = max(c * ho * wo / cfg.vec_lanes, ddr, (rd_v + wr_h) / bw.ddr_bpc) + c * cfg.pipeline_depth
         return Cost(head + cycles, 0, rd_v + tables, wr_h)
-    vertical = max(c * vpass * w / cfg.vec_lanes, bw.transfer(c * rows, w * WORD_BYTES), rd_v / bw.ddr_bpc)
-    horizontal = max(c * ho * wo / cfg.vec_lanes, bw.transfer(c * ho, wo * WORD_BYTES), wr_h / bw.ddr_bpc)
+    vertical = max(c * vpass * w / cfg.vec_lanes, bw.transfer(c * rows, w * A), rd_v / bw.ddr_bpc)
+    horizontal = max(c * ho * wo / cfg.vec_lanes, bw.transfer(c * ho, wo * A), wr_h / bw.ddr_bpc)
     fills = c * (vpass + ho) * cfg.pipeline_depth
     return Cost(head + vertical + horizontal + fills, 0, rd_v + tables, wr_h)
 
@@ -187,8 +191,8 @@ def lnorm_cost(r: dict, cfg: EngineConfig, bw: Bandwidth) -> Cost:
     c, hw, tile = r["channels"], r["hw"], r["ln_tile"]
     tiles = math.ceil(hw / tile)
     n = c * hw
-    nbytes = n * WORD_BYTES
-    rows = bw.transfer(c * tiles, min(hw, tile) * WORD_BYTES)
+    nbytes = n * cfg.amem_bytes
+    rows = bw.transfer(c * tiles, min(hw, tile) * cfg.amem_bytes)
     first = max(n / cfg.vec_lanes, rows, nbytes / bw.ddr_bpc)
     stats = hw * LN_STAT_CYCLES / cfg.vec_lanes
     second = max(LN_PASSES * n / cfg.vec_lanes, rows, 2 * nbytes / bw.ddr_bpc)

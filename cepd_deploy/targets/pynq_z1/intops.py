@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["align", "requant", "rshift_round", "saturate"]
+from cepd_deploy.targets.pynq_z1.config import PACK_BITS
+
+__all__ = ["align", "data_min", "requant", "rshift_round", "saturate"]
 
 
 def rshift_round(v, s: int):
@@ -18,9 +20,15 @@ def align(v, s: int):
     return v << s if s >= 0 else rshift_round(v, -s)
 
 
+def data_min(bits: int) -> int:
+    """The lowest value of ``bits``-bit data: -2**(bits-1), or -(2**(bits-1) - 1) at 8 bits or fewer,
+    where the range is symmetric (the packed MAC of the 8-bit engine needs |w| <= 127)."""
+    return -(1 << (bits - 1)) + (bits <= PACK_BITS)
+
+
 def saturate(v, bits: int):
-    """``v`` clipped to the signed ``bits``-bit range (AP_SAT)."""
-    return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    """``v`` clipped to the signed ``bits``-bit range (AP_SAT; symmetric at 8 bits or fewer)."""
+    return np.clip(v, data_min(bits), (1 << (bits - 1)) - 1)
 
 
 def requant(v, s: int, bits: int):

@@ -41,6 +41,13 @@ COEFF = {
     "lut_control": 5500,  # record fetch/decode, address generators, vector unit, AXI-Lite
     "lut_pool_lane": 20,
     "ff_acc_shadow_bits": 48,  # per MAC: accumulator hand-off to the epilogue
+    # the packed MAC (bits <= 8): per DSP, the high field's borrow correction P[34:17] + P[16] (18-bit
+    # adder) and a capture of P[34:0] every 4 products; per MAC, a 30-bit fabric accumulator (9216
+    # products of at most 127 x 128 < 2**28) and its hand-off to the epilogue
+    "lut_unpack_per_dsp": 18,
+    "ff_unpack_per_dsp": 35,
+    "lut_acc_per_mac": 30,
+    "packed_acc_bits": 30,
     "ff_epi_lane": 256,
     "ff_maxi": 2500,
     "ff_control": 7000,
@@ -68,25 +75,28 @@ def _bram18_wide(banks: int, words: int, bits: int) -> int:
     return banks * per
 
 
-def _bram18(banks: int, words: int) -> int:
-    """BRAM18s for ``words`` 16-bit words cyclically split over ``banks`` (1024 x 18 each)."""
-    return banks * math.ceil(words / banks / 1024)
+def _bram18(banks: int, words: int, bits: int = 16) -> int:
+    """BRAM18s for ``words`` of ``bits`` cyclically split over ``banks`` (2048 x 9, 1024 x 18 or
+    512 x 36 each)."""
+    depth = 2048 if bits <= 9 else 1024 if bits <= 18 else 512
+    return banks * math.ceil(words / banks / depth)
 
 
 def resources(cfg: EngineConfig) -> dict:
-    """DSP / BRAM36 / LUT / FF estimate of one engine build, with a breakdown."""
-    L, PO, c = cfg.lanes, cfg.pe_out, COEFF
+    """DSP / BRAM36 / LUT / FF estimate of one engine build, with a breakdown. The packed engine's
+    weight, output and residual buffers hold channel pairs (one bank per DSP column, 2 x bits wide)."""
+    L, PO, c, B, K = cfg.lanes, cfg.pe_out, COEFF, cfg.bits, cfg.pack
     dsp = {
-        "mac_array": PO * L,
+        "mac_array": cfg.dsp_macs,
         "epilogue_scale": c["dsp_per_scale_lane"] * cfg.scale_lanes,
         "address": c["dsp_address"],
     }
     bram18 = {
-        "ibuf": 2 * _bram18(L, cfg.ibuf_words),
-        "scratch": _bram18(L, cfg.scratch_words),
-        "wbuf": 2 * _bram18(PO, cfg.wbuf_words),
-        "obuf": 2 * _bram18(PO, cfg.obuf_words),
-        "rbuf": 2 * _bram18(PO, cfg.rbuf_words),
+        "ibuf": 2 * _bram18(L, cfg.ibuf_words, B),
+        "scratch": _bram18(L, cfg.scratch_words, B),
+        "wbuf": 2 * _bram18(PO // K, cfg.wbuf_words // K, K * B),
+        "obuf": 2 * _bram18(PO // K, cfg.obuf_words // K, K * B),
+        "rbuf": 2 * _bram18(PO // K, cfg.rbuf_words // K, K * B),
         "records": c["bram18_records"],
         "m_axi": 2 * c["bram18_maxi"],
         "act_table": _bram18_wide(c["act_table_copies"], c["act_table_copies"] * ACT_SEGS, 32),
@@ -96,13 +106,15 @@ def resources(cfg: EngineConfig) -> dict:
         "gather": round(L * L * cfg.bits * c["lut_mux_per_bit_per_input"]),
         "lanes": L * (c["lut_lane_address"] + c["lut_pool_lane"]),
         "mac_array": PO * L * c["lut_mac_lane"],
+        "unpack": (cfg.dsp_macs * c["lut_unpack_per_dsp"] + PO * L * c["lut_acc_per_mac"]) if K > 1 else 0,
         "epilogue": cfg.epi_lanes * c["lut_epi_lane"] + cfg.scale_lanes * c["lut_scale_lane"],
         "m_axi": 2 * c["lut_maxi"],
         "control": c["lut_control"],
         "vector": cfg.vec_lanes * (c["lut_vec_mul"] + c["lut_vec_lane"]) + c["lut_vec_special"],
     }
     ff = {
-        "acc_shadow": PO * L * c["ff_acc_shadow_bits"],
+        "acc_shadow": PO * L * (c["ff_acc_shadow_bits"] if K == 1 else 2 * c["packed_acc_bits"]),
+        "unpack": cfg.dsp_macs * c["ff_unpack_per_dsp"] if K > 1 else 0,
         "lanes": L * c["ff_lane"],
         "epilogue": (cfg.epi_lanes + cfg.scale_lanes) * c["ff_epi_lane"],
         "m_axi": 2 * c["ff_maxi"],
@@ -153,7 +165,8 @@ class Report:
         return {
             "target": "pynq-z1",
             "board": {"part": self.board.part, "board_part": self.board.board_part},
-            "engine": self.config.to_dict() | {"lanes": self.config.lanes, "macs_per_cycle": peak},
+            "engine": self.config.to_dict()
+            | {"lanes": self.config.lanes, "macs_per_cycle": peak, "pack": self.config.pack},
             "resources": self.resources,
             "totals": {
                 "cycles": round(self.total_cycles),

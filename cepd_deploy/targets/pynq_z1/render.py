@@ -13,7 +13,7 @@ import jinja2
 
 from cepd_deploy import __version__, hw
 from cepd_deploy.targets.pynq_z1 import isa, vector
-from cepd_deploy.targets.pynq_z1.config import EngineConfig, load_board
+from cepd_deploy.targets.pynq_z1.config import PACK_BITS, PACK_SHIFT, PACK_SPAN, EngineConfig, load_board
 from cepd_deploy.targets.pynq_z1.escape import (
     c_string,
     identifier,
@@ -65,6 +65,9 @@ def engine_context(cfg: EngineConfig) -> dict:
         "max_loads": MAX_LOADS,
         "max_comps": MAX_COMPS,
         "pool_shift": POOL_SHIFT,
+        "pack_shift": PACK_SHIFT,
+        "pack_span": PACK_SPAN,
+        "pack_bits": PACK_BITS,
         "act_segs": isa.ACT_SEGS,
         "hs_frac": vector.HS_FRAC,
         "rs_wb": vector.RS_WB,

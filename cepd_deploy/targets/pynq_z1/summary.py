@@ -12,7 +12,8 @@ def text_summary(result: dict, report: bool = False) -> str:
     e = result["engine"]
     lines = [
         f"wrote {result['output']}: PYNQ-Z1 project for {result['model']!r}",
-        f"engine: {e['pe_out']} x {e['lanes']} MACs/cycle, {e['bits']}-bit, {e['clock_mhz']:g} MHz; "
+        f"engine: {e['pe_out']} x {e['lanes']} MACs/cycle{_packed(e)}, {e['bits']}-bit, "
+        f"{e['clock_mhz']:g} MHz; "
         f"estimated {t['latency_ms']:.2f} ms per image ({100 * t['dsp_efficiency']:.0f}% of peak)",
         f"resources (estimate): DSP {r['dsp']}/{lim['dsp']}, BRAM36 {r['bram36']:g}/{lim['bram36']}, "
         f"LUT {r['lut']}/{lim['lut']}, FF {r['ff']}/{lim['ff']}",
@@ -42,11 +43,17 @@ def layer_table(figures: dict) -> list[str]:
     ]
 
 
+def _packed(engine: dict) -> str:
+    """How the MACs map onto DSPs, where two share one (the 8-bit engine)."""
+    return f" (two per DSP48E1: {engine['macs_per_cycle'] // 2} DSPs)" if engine.get("pack", 1) == 2 else ""
+
+
 def estimate_text(figures: dict, batch: int = 1) -> str:
     """The latency estimate of one image (``Report.to_json()``) per layer, and the batch's total."""
     e, t = figures["engine"], figures["totals"]
     head = (
-        f"PYNQ-Z1 engine: {e['pe_out']} x {e['lanes']} MACs/cycle, {e['bits']}-bit, {e['clock_mhz']:g} MHz; "
+        f"PYNQ-Z1 engine: {e['pe_out']} x {e['lanes']} MACs/cycle{_packed(e)}, {e['bits']}-bit, "
+        f"{e['clock_mhz']:g} MHz; "
         f"modelled {t['latency_ms']:.3f} ms per image ({100 * t['dsp_efficiency']:.0f}% of peak)"
     )
     if batch != 1:

@@ -31,7 +31,10 @@ def _whole(value: object) -> bool:
 class PynqZ1Options:
     """The engine build and the project's sample images."""
 
-    bits: int = option(16, "fixed-point width of data and weights (4 to 16)")
+    bits: int = option(
+        16,
+        "fixed-point width of data and weights, 4 to 16 (8 or fewer: the 8-bit engine, two MACs per DSP48E1)",
+    )
     clock_mhz: float = option(100.0, "PL clock in MHz", metavar="MHZ")
     csim: bool = option(False, "compile and run the C-simulation on the golden images")
     calib: int = option(8, "calibration samples")

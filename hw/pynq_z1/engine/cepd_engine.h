@@ -5,6 +5,7 @@
 //   load_tile  - DDR -> an input buffer half (one tile of a group's input), HP0/HP1 striped
 //   run_steps  - the PE array: CEPD_PE_OUT output channels x CEPD_LANES output pixels of MACs
 //                per cycle (or max/sum lanes for pools), epilogue, output to scratch or DDR;
+//                at CEPD_PACK 2 (8-bit data) two output channels share each DSP48E1;
 //                per output-channel chunk: prefetch(k+1) | compute(k) | store(k-1), ping-pong
 //   run_vec    - DDR -> DDR ops: element-wise (add, scatter-add, multiply, copy/permute/concat,
 //                activations), GAP, resampling (pad, resize) and layer norm
@@ -28,12 +29,13 @@ static inline int32_t rd32(const int16_t* m, long off) {
 // column) into an input half at dst (row pitch dst_pitch, channel stride dst_cstride)
 // (src_mem 1: from the blob instead, e.g. a transposed weight matrix)
 static void load_tile(const int32_t* r, data_t ibuf[CEPD_IBUF_HALF], const int16_t* w0, const int16_t* w1,
-                      const int16_t* a0, const int16_t* a1) {
+                      const amem_t* a0, const amem_t* a1) {
   const int C = r[L_CHANNELS], rows = r[L_ROWS], cols = r[L_COLS], step = r[L_COL_STEP];
   const bool blob = r[L_SRC_MEM];
 load_c:
   for (int c = 0; c < C; c++) {
-    const int16_t* src = (c & 1) ? (blob ? w1 : a1) : (blob ? w0 : a0);  // even channels on HP0, odd on HP1
+    const int16_t* wsrc = (c & 1) ? w1 : w0;  // even channels on HP0, odd on HP1
+    const amem_t* asrc = (c & 1) ? a1 : a0;
   load_y:
     for (int y = 0; y < rows; y++) {
       const long s = r[L_SRC] + (long)c * r[L_SRC_CSTRIDE] + (long)y * r[L_SRC_PITCH];
@@ -41,7 +43,8 @@ load_c:
     load_x:
       for (int x = 0; x < cols; x++) {
 #pragma HLS PIPELINE II = 1
-        ibuf[d + x] = data_t(src[s + (long)x * step]);
+        const long i = s + (long)x * step;
+        ibuf[d + x] = blob ? data_t(wsrc[i]) : data_t(asrc[i]);
       }
     }
   }
@@ -125,7 +128,7 @@ static inline void chunk_channels(const Geo& g, int k, int& c0, int& n) {
 
 // prefetch chunk k: its weights, epilogue parameters and residual
 static void prefetch(const Geo& g, const Epi& e, int k, const int16_t* w0, const int16_t* w1,
-                     const int16_t* a0, const int16_t* a1, data_t wst[PO][CEPD_RED_MAX],
+                     const amem_t* a0, const amem_t* a1, data_t wst[PO][CEPD_RED_MAX],
                      data_t rbuf[PO][CEPD_OUT_PX], Params& p) {
   int c0, n;
   chunk_channels(g, k, c0, n);
@@ -137,11 +140,13 @@ pf_params:
     p.bias[po] = ok && e.bias >= 0 ? rd32(w0, e.bias + 2L * c) : 0;
     p.smap[po] = ok && g.sc_map >= 0 ? int(w0[g.sc_map + c]) : -1;
     if (g.op == OP_MAC) {
-      const int16_t* w = (po & 1) ? (g.w_mem ? a1 : w1) : (g.w_mem ? a0 : w0);  // striped over HP0/HP1
+      const int16_t* w = (po & 1) ? w1 : w0;  // striped over HP0/HP1
+      const amem_t* wa = (po & 1) ? a1 : a0;  // weights that are a value in the arena (w_mem)
     pf_w:
       for (int r = 0; r < g.red; r++) {
 #pragma HLS PIPELINE II = 1
-        wst[po][r] = ok ? data_t(w[g.w_addr + (long)(c0 + po) * g.red + r]) : data_t(0);
+        const long i = g.w_addr + (long)(c0 + po) * g.red + r;
+        wst[po][r] = !ok ? data_t(0) : g.w_mem ? data_t(wa[i]) : data_t(w[i]);
       }
     }
     if (po == 0 && g.bias_px && e.bias >= 0) {
@@ -155,7 +160,7 @@ pf_params:
       }
     }
     if (ok && e.res >= 0) {
-      const int16_t* a = (po & 1) ? a1 : a0;
+      const amem_t* a = (po & 1) ? a1 : a0;
     pf_res_y:
       for (int y = 0; y < g.oh; y++) {
       pf_res_x:
@@ -207,6 +212,16 @@ blocks:
 #pragma HLS UNROLL
         acc[po][l] = g.op == OP_MAXP ? acc_t(lowest >> 16) : acc_t(0);
       }
+#if CEPD_PACK == 2
+    acc_t pk[PO / 2][LANES];  // the DSPs' P registers (one per channel pair and lane)
+#pragma HLS ARRAY_PARTITION variable = pk complete dim = 0
+  init_pk:
+    for (int d = 0; d < PO / 2; d++)
+      for (int l = 0; l < LANES; l++) {
+#pragma HLS UNROLL
+        pk[d][l] = 0;
+      }
+#endif
     // the reduction: one (channel, ky, kx) per cycle
     int ci = 0, ky = 0, kx = 0;
   reduce:
@@ -225,6 +240,36 @@ blocks:
         x[l] = in[l] ? fetch(g, cin0 + ci, iy, ix, ib0, ib1, scr) : data_t(0);
       }
       if (g.op == OP_MAC) {
+#if CEPD_PACK == 2
+        // the packed MAC: DSP d multiplies A = w[2d+1] * 2^CEPD_PACK_SHIFT + w[2d] (its 25-bit
+        // pre-adder) by B = x (18 bits); its P register accumulates both channels' products in two
+        // fields, split every CEPD_PACK_SPAN products into their accumulators: low = P[16:0]
+        // sign-extended, high = (P - low) >> 17. Exact while |w| <= 127 and |x| <= 128 (the formats
+        // saturate symmetrically at 8 bits): 4 x 127 x 128 < 2^16.
+        const bool split = r % CEPD_PACK_SPAN == CEPD_PACK_SPAN - 1 || r == g.red - 1;
+      mac_d:
+        for (int d = 0; d < PO / 2; d++) {
+#pragma HLS UNROLL
+          ap_int<25> a = wst[2 * d + 1][r];
+          a <<= CEPD_PACK_SHIFT;
+          a += wst[2 * d][r];
+        mac_dl:
+          for (int l = 0; l < LANES; l++) {
+#pragma HLS UNROLL
+            const ap_int<18> b = x[l];
+            pk[d][l] += a * b;
+            if (split) {
+              const ap_int<CEPD_PACK_SHIFT> lo = pk[d][l];  // P[16:0] (truncation wraps: signed)
+              acc_t hi = pk[d][l];
+              hi -= lo;
+              hi >>= CEPD_PACK_SHIFT;
+              acc[2 * d][l] += lo;
+              acc[2 * d + 1][l] += hi;
+              pk[d][l] = 0;
+            }
+          }
+        }
+#else
       mac_po:
         for (int po = 0; po < PO; po++) {
 #pragma HLS UNROLL
@@ -235,6 +280,7 @@ blocks:
             acc[po][l] += w * x[l];
           }
         }
+#endif
       } else {
       pool_l:
         for (int l = 0; l < LANES; l++) {
@@ -284,19 +330,19 @@ blocks:
 }
 
 // store chunk k: its obuf rows to the arena (channels striped over HP0/HP1)
-static void store(const Geo& g, int k, const data_t obuf[PO][CEPD_OUT_PX], int16_t* a0, int16_t* a1) {
+static void store(const Geo& g, int k, const data_t obuf[PO][CEPD_OUT_PX], amem_t* a0, amem_t* a1) {
   int c0, n;
   chunk_channels(g, k, c0, n);
 st_po:
   for (int po = 0; po < n; po++) {
-    int16_t* a = (po & 1) ? a1 : a0;
+    amem_t* a = (po & 1) ? a1 : a0;
   st_y:
     for (int y = 0; y < g.oh; y++) {
     st_x:
       for (int x = 0; x < g.ow; x++) {
 #pragma HLS PIPELINE II = 1
         a[g.dst_base + (long)(c0 + po) * g.dst_cstride + (long)y * g.dst_pitch + x] =
-            (int16_t)obuf[po][y * g.ow + x].to_int();
+            (amem_t)obuf[po][y * g.ow + x].to_int();
       }
     }
   }
@@ -325,7 +371,7 @@ static inline void chunk_at(const Geo geos[CEPD_MAX_COMPS], int nc, int i, Chunk
 
 static void run_steps(int32_t comps[CEPD_MAX_COMPS][CEPD_REC_WORDS], int nc, const data_t ib0[CEPD_IBUF_HALF],
                       const data_t ib1[CEPD_IBUF_HALF], data_t scr[CEPD_SCRATCH], const int16_t* w0,
-                      const int16_t* w1, int16_t* a0, int16_t* a1, StepBufs& sb) {
+                      const int16_t* w1, amem_t* a0, amem_t* a1, StepBufs& sb) {
   Geo geos[CEPD_MAX_COMPS];
   Epi epis[CEPD_MAX_COMPS];
   int total = 0;
@@ -411,7 +457,7 @@ static inline wide_t act_value(const int32_t* r, wide_t x, wide_t slope, const i
 // Per channel: a vertical pass a + w (b - a) over the source row(s) into the line buffer whenever
 // the row's entry changes, then a horizontal pass per output row; or (rs_direct: every weight 0)
 // one pass that streams the source pixels to the output.
-static void vec_resample(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1,
+static void vec_resample(const int32_t* r, const int16_t* w0, const amem_t* a0, amem_t* a1,
                          wide_t vbuf[CEPD_VBUF]) {
   const Epi e = read_epi(r);
   const int C = r[V_CHANNELS], in_w = r[V_IN_W], oh = r[V_OUT_H], ow = r[V_OUT_W];
@@ -435,7 +481,7 @@ rs_cols:
           const int x0 = vbuf[3 * x].to_int();
           wide_t v = y0 >= 0 && x0 >= 0 ? wide_t(a0[src + (long)y0 * in_w + x0]) : wide_t(0);
           v <<= CEPD_RS_WB + CEPD_RS_GUARD;  // the value the interpolating path makes of it, exactly
-          a1[dst + (long)y * ow + x] = (int16_t)epilogue(v, e, data_t(0), 0, data_t(0)).to_int();
+          a1[dst + (long)y * ow + x] = (amem_t)epilogue(v, e, data_t(0), 0, data_t(0)).to_int();
         }
       }
     }
@@ -475,7 +521,7 @@ rs_c:
         d -= p;
         d *= wx;
         v += d;
-        a1[dst + (long)y * ow + x] = (int16_t)epilogue(v, e, data_t(0), 0, data_t(0)).to_int();
+        a1[dst + (long)y * ow + x] = (amem_t)epilogue(v, e, data_t(0), 0, data_t(0)).to_int();
       }
     }
   }
@@ -516,7 +562,7 @@ rsqrt_newton:
 // LNORM: layer norm over the channels, per tile of ln_tile positions: sums S1, S2 (pass 1), then
 // W = (C S2 - S1^2) 4^g + eps, its reciprocal square root r, z = (C x - S1) 2^g r (frac
 // CEPD_LN_ZFRAC) and the epilogue (z * scale + shift) (pass 2).
-static void vec_lnorm(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1,
+static void vec_lnorm(const int32_t* r, const int16_t* w0, const amem_t* a0, amem_t* a1,
                       wide_t vbuf[CEPD_VBUF]) {
   const Epi e = read_epi(r);
   const int C = r[V_CHANNELS], hw = r[V_HW], P = r[V_LN_TILE], g = r[V_LN_G];
@@ -575,14 +621,14 @@ ln_tile:
         z -= vbuf[2 * p];
         z *= rr;
         z = align(z, g - (packed & 255).to_int());
-        a1[o + p] = (int16_t)epilogue(z, e, scale, bias, data_t(0)).to_int();
+        a1[o + p] = (amem_t)epilogue(z, e, scale, bias, data_t(0)).to_int();
       }
     }
   }
 }
 
 // element-wise records: copy/permute/concat, add, scatter-add, multiply, activations; GAP
-static void run_vec(const int32_t* r, const int16_t* w0, const int16_t* a0, int16_t* a1,
+static void run_vec(const int32_t* r, const int16_t* w0, const amem_t* a0, amem_t* a1,
                     int16_t act[2 * CEPD_ACT_SEGS], wide_t vbuf[CEPD_VBUF]) {
   const int vop = r[V_VOP];
   if (vop == VOP_RESAMPLE) return vec_resample(r, w0, a0, a1, vbuf);
@@ -617,7 +663,7 @@ vec_c:
       sum *= wide_t(r[V_GAP_MUL]);
       const wide_t v = rshift_round(sum, r[V_GAP_SHIFT]);
       const data_t res = e.res >= 0 ? data_t(a1[e.res + (long)c * e.res_cstride]) : data_t(0);
-      a1[obase] = (int16_t)epilogue(v, e, scale, bias, res).to_int();
+      a1[obase] = (amem_t)epilogue(v, e, scale, bias, res).to_int();
       continue;
     }
   vec_p:
@@ -634,7 +680,7 @@ vec_c:
         if (cb >= 0) v += align(wide_t(a1[bbase + p]), r[V_B_SHIFT]);
       }
       const data_t res = e.res >= 0 ? data_t(a1[e.res + (long)c * e.res_cstride + p]) : data_t(0);
-      a1[obase + p] = (int16_t)epilogue(v, e, scale, bias, res).to_int();
+      a1[obase + p] = (amem_t)epilogue(v, e, scale, bias, res).to_int();
     }
   }
 }
@@ -648,14 +694,16 @@ rec_words:
   }
 }
 
-static void set_status(int16_t* a, int status, long count) {
-  a[0] = (int16_t)status;
-  a[1] = (int16_t)(count & 0xFFFF);
-  a[2] = (int16_t)((count >> 16) & 0xFFFF);
+// the status (arena word 0) and the records run (32 bits in the next words, least significant first)
+static void set_status(amem_t* a, int status, long count) {
+  const int wb = 8 * (int)sizeof(amem_t);
+  a[0] = (amem_t)status;
+status_count:
+  for (int i = 0; i < 32 / wb; i++) a[1 + i] = (amem_t)((count >> (wb * i)) & ((1L << wb) - 1));
 }
 
 // The whole engine: check the blob header, then run records until END (or max_records).
-static void cepd_run(const int16_t* w0, const int16_t* w1, int16_t* a0, int16_t* a1, int max_records) {
+static void cepd_run(const int16_t* w0, const int16_t* w1, amem_t* a0, amem_t* a1, int max_records) {
   static data_t ibuf0[CEPD_IBUF_HALF], ibuf1[CEPD_IBUF_HALF], scratch[CEPD_SCRATCH];
   static StepBufs sb;
   static int16_t act[2 * CEPD_ACT_SEGS];

@@ -16,7 +16,8 @@ typedef ap_int<48> acc_t;
 typedef ap_int<64> wide_t;
 
 static const int CEPD_DATA_MAX = (1 << (CEPD_BITS - 1)) - 1;
-static const int CEPD_DATA_MIN = -(1 << (CEPD_BITS - 1));
+// at 8 bits or fewer the range is symmetric (-127..127 at 8): the packed MAC needs |w| <= 127
+static const int CEPD_DATA_MIN = CEPD_PACK == 2 ? -CEPD_DATA_MAX : -(1 << (CEPD_BITS - 1));
 
 // Arithmetic stays in 64 bits: compound assignments keep the width (a plain a + b of two
 // ap_int<64> would widen to 65 bits); the program's formats keep every value below 2**62.

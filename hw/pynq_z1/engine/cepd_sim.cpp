@@ -48,8 +48,8 @@ int cepd_sim_write(uint32_t off, uint32_t value) {
   if (off == CEPD_REG_CTRL && (value & 1)) {
     const int16_t* w0 = (const int16_t*)resolve(reg64(CEPD_REG_WMEM0));
     const int16_t* w1 = (const int16_t*)resolve(reg64(CEPD_REG_WMEM1));
-    int16_t* a0 = (int16_t*)resolve(reg64(CEPD_REG_AMEM0));
-    int16_t* a1 = (int16_t*)resolve(reg64(CEPD_REG_AMEM1));
+    amem_t* a0 = (amem_t*)resolve(reg64(CEPD_REG_AMEM0));
+    amem_t* a1 = (amem_t*)resolve(reg64(CEPD_REG_AMEM1));
     if (!w0 || !w1 || !a0 || !a1) return -2;
     cepd_engine(w0, w1, a0, a1, (int)regs[CEPD_REG_MAX_RECORDS / 4]);
     done = true;

@@ -51,13 +51,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "input holds %zu words, %d images need %ld\n", input.size(), n, n * in_words);
     return 1;
   }
-  std::vector<int16_t> arena(arena_words, 0), output(n * out_words, 0);
+  // the arena holds amem_t words (bytes in the 8-bit engine); the files hold int16 words
+  std::vector<amem_t> arena(arena_words, 0);
+  std::vector<int16_t> output(n * out_words, 0);
+  const int wb = 8 * (int)sizeof(amem_t);
   for (int i = 0; i < n; i++) {
-    for (long k = 0; k < in_words; k++) arena[in_off + k] = input[i * in_words + k];
+    for (long k = 0; k < in_words; k++) arena[in_off + k] = (amem_t)input[i * in_words + k];
     cepd_engine(blob.data(), blob.data(), arena.data(), arena.data(), 0);
     if (arena[0] != ST_OK) {
-      const long rec = (long)(uint16_t)arena[1] | ((long)(uint16_t)arena[2] << 16);
-      std::fprintf(stderr, "image %d: engine status %d after %ld records\n", i, arena[0], rec);
+      long rec = 0;
+      for (int k = 0; k < 32 / wb; k++) rec |= (long)(arena[1 + k] & ((1L << wb) - 1)) << (wb * k);
+      std::fprintf(stderr, "image %d: engine status %d after %ld records\n", i, (int)arena[0], rec);
       return 1;
     }
     for (long k = 0; k < out_words; k++) output[i * out_words + k] = arena[out_off + k];
@@ -71,7 +75,7 @@ int main(int argc, char** argv) {
   if (argc > 5) {
     FILE* d = std::fopen(argv[5], "wb");
     if (d) {
-      std::fwrite(arena.data(), 2, arena.size(), d);
+      std::fwrite(arena.data(), sizeof(amem_t), arena.size(), d);
       std::fclose(d);
     }
   }
