@@ -19,6 +19,15 @@ CSIM = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def engine_cache(tmp_path_factory):
+    """A fresh engine cache per test module that imports this fixture (compiled C-simulations)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CEPD_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cepd-cache")))
+    yield
+    mp.undo()
+
+
 @cache
 def cepd_resnet20() -> torch.nn.Module:
     """A CEPD ResNet-20 at 50% FLOPs with non-trivial BatchNorm statistics (shared, do not modify)."""

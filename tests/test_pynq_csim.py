@@ -28,7 +28,7 @@ from cepd_deploy.targets.pynq_z1.config import EngineConfig
 from cepd_deploy.targets.pynq_z1.program import compile_program
 from cepd_deploy.targets.pynq_z1.project import build
 from tests.conftest import randomize_bn
-from tests.pynq_helpers import cepd_resnet20
+from tests.pynq_helpers import cepd_resnet20, engine_cache  # noqa: F401 (autouse fixture)
 
 CXX = shutil.which("g++")
 TCLSH = shutil.which("tclsh")
@@ -39,14 +39,6 @@ pytestmark = [
         importlib.util.find_spec("hls4ml") is None, reason="hls4ml (ap_types headers) not installed"
     ),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def engine_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEPD_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cepd-cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from cepd_deploy.targets.pynq_z1.config import PACK_SHIFT, PACK_SPAN, EngineConf
 from cepd_deploy.targets.pynq_z1.intops import requant, saturate
 from cepd_deploy.targets.pynq_z1.model import estimate, resources
 from cepd_deploy.targets.pynq_z1.project import build
-from tests.pynq_helpers import CSIM, cepd_resnet20
+from tests.pynq_helpers import CSIM, cepd_resnet20, engine_cache  # noqa: F401 (autouse fixture)
 
 W = np.arange(-127, 128, dtype=np.int64)  # the 8-bit engine's weights (symmetric range)
 X = np.arange(-128, 128, dtype=np.int64)  # any int8 activation, -128 included
@@ -156,14 +156,6 @@ def test_bench_refuses_a_bad_pynq_width_before_loading_models():
 
 
 # -- the C-simulation ---------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def engine_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEPD_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cepd-cache")))
-    yield
-    mp.undo()
-
-
 @pytest.mark.slow
 @CSIM
 def test_8bit_csim_of_cepd_resnet20_is_bit_exact(tmp_path, capsys):
