@@ -7,8 +7,6 @@ chain only where it pays; the C-simulation of chained groups is bit-exact with t
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import subprocess
 from collections import defaultdict
 from functools import cache
@@ -26,7 +24,7 @@ from cepd_deploy.targets.pynq_z1.groups import Group, merge, partition
 from cepd_deploy.targets.pynq_z1.model import estimate
 from cepd_deploy.targets.pynq_z1.program import choose_chains, compile_program
 from cepd_deploy.targets.pynq_z1.tiling import Ctx, Tiling, tile_group
-from tests.pynq_helpers import cepd_resnet20
+from tests.pynq_helpers import CSIM, cepd_resnet20
 
 W = 2  # bytes per 16-bit word
 
@@ -215,12 +213,7 @@ def sim(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("g++") is None, reason="g++ (C++ compiler for the C-simulation) not installed"
-)
-@pytest.mark.skipif(
-    importlib.util.find_spec("hls4ml") is None, reason="hls4ml (ap_types headers) not installed"
-)
+@CSIM
 @pytest.mark.parametrize(
     ("net", "shape"),
     [(Block(), (1, 4, 15, 13)), (TwoPointwise(), (1, 8, 14, 14)), ("cepd", (1, 16, 12, 12))],
