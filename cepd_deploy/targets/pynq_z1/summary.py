@@ -45,7 +45,8 @@ def layer_table(figures: dict) -> list[str]:
 
 def _packed(engine: dict) -> str:
     """How the MACs map onto DSPs, where two share one (the 8-bit engine)."""
-    return f" (two per DSP48E1: {engine['macs_per_cycle'] // 2} DSPs)" if engine.get("pack", 1) == 2 else ""
+    pack = engine.get("pack", 1)
+    return f" (two per DSP48E1: {engine['macs_per_cycle'] // pack} DSPs)" if pack == 2 else ""
 
 
 def estimate_text(figures: dict, batch: int = 1) -> str:
