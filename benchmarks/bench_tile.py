@@ -4,7 +4,8 @@
 
 Compiles a small driver with ``kernels/tile_<isa>.cpp`` (g++ -O3, as setup.py builds it) and
 times 6-row (and 5-row) tiles of 32 columns over the K of CEPD ResNet-50's steps, B in L1 (rows
-a panel apart) or read in place (rows a 56x56 plane apart), best of 40 interleaved passes. The
+a panel apart), read in place (rows a 56x56 plane apart), or read in place panel after panel
+across a whole 56x56 map (as a layer reads its input: from L3, not L1), best of 40 passes. The
 peak is an FMA loop with 12 independent accumulators on the same vectors. Default ISA: the
 build the library picks on this CPU.
 """
@@ -20,8 +21,9 @@ from pathlib import Path
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 NS = {"avx512": "cepd_tile_avx512", "avx2": "cepd_tile_avx2", "generic": "cepd_tile_generic"}
-CASES = [(26, 5, 32, 6), (41, 7, 32, 6), (41, 7, 32, 5), (128, 7, 32, 6), (369, 7, 32, 6),
-         (369, 7, 3248, 6), (576, 1, 3248, 6)]  # fmt: skip  # (K, row blocks, B row pitch, rows)
+CASES = [(26, 5, 32, 6, 0), (41, 7, 32, 6, 0), (41, 7, 32, 5, 0), (128, 7, 32, 6, 0), (369, 7, 32, 6, 0),
+         (369, 7, 3248, 6, 0), (576, 1, 3248, 6, 0), (64, 5, 3136, 6, 1), (256, 5, 3136, 6, 1)]  # fmt: skip
+# (K, row blocks, B row pitch, rows, walk: 1 = every 32-column panel of the pitch in turn)
 
 DRIVER = r"""
 #include "tile.h"
@@ -64,24 +66,26 @@ static double peak() {  // GMAC/s of 12 independent FMA chains
 
 int main(int argc, char** argv) {
   std::printf("peak %.1f\n", peak());
-  for (int c = 1; c + 3 < argc; c += 4) {
+  for (int c = 1; c + 4 < argc; c += 5) {
     const int K = atoi(argv[c]), blocks = atoi(argv[c + 1]);
-    const int pitch = atoi(argv[c + 2]), rows = atoi(argv[c + 3]);
+    const int pitch = atoi(argv[c + 2]), rows = atoi(argv[c + 3]), np = atoi(argv[c + 4]) ? pitch / 32 : 1;
     std::vector<float> A(size_t(blocks) * K * 6 + 64, 0.5f), B(size_t(K) * pitch + 64, 1.0f);
     std::vector<float> C(6 * 32 * blocks);
     std::vector<int64_t> roff(K);
     for (int k = 0; k < K; ++k) roff[k] = int64_t(k) * pitch;
-    const int reps = 2000000 / (K * blocks) + 1;
+    const int reps = 2000000 / (K * blocks * np) + 1;
     double best = 1e9;
     for (int t = 0; t < 40; ++t) {
       auto t0 = std::chrono::steady_clock::now();
       for (int r = 0; r < reps; ++r)
-        for (int b = 0; b < blocks; ++b)
-          NS::tile(A.data() + size_t(b) * K * 6, B.data(), roff.data(), K, rows, C.data() + b * 192, 0, 32);
+        for (int p = 0; p < np; ++p)
+          for (int b = 0; b < blocks; ++b)
+            NS::tile(A.data() + size_t(b) * K * 6, B.data() + 32 * p, roff.data(), K, rows,
+                     C.data() + b * 192, 0, 32);
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    const double macs = double(reps) * blocks * K * rows * 32;
-    std::printf("%d %d %d %d %.1f\n", K, blocks, pitch, rows, macs / best / 1e9);
+    const double macs = double(reps) * np * blocks * K * rows * 32;
+    std::printf("%d %d %d %d %d %.1f\n", K, blocks, pitch, rows, np > 1, macs / best / 1e9);
   }
 }
 """
@@ -113,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     peak = float(out[0].split()[1])
     if peak:
         print(f"FMA peak: {peak:.1f} GMAC/s")
-    print(f"{'K':>5} {'blocks':>6} {'B pitch':>7} {'rows':>4} {'GMAC/s':>7}" + (" of peak" if peak else ""))
+    head = f"{'K':>5} {'blocks':>6} {'B pitch':>7} {'rows':>4} {'B':>5} {'GMAC/s':>7}"
+    print(head + (" of peak" if peak else ""))
     for line in filter(None, out[1:]):
-        k, blocks, pitch, rows, rate = line.split()
+        k, blocks, pitch, rows, walk, rate = line.split()
         frac = f" {float(rate) / peak:8.0%}" if peak else ""
-        print(f"{k:>5} {blocks:>6} {pitch:>7} {rows:>4} {rate:>7}{frac}")
+        where = "map" if walk == "1" else "panel"
+        print(f"{k:>5} {blocks:>6} {pitch:>7} {rows:>4} {where:>5} {rate:>7}{frac}")
     return 0
 
 
