@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 
 import pytest
 
@@ -202,3 +203,25 @@ def test_cli_measures_memory_unless_told_not_to(tmp_path):
     assert all("own process" in r["details"]["memory"]["error"] for r in json.loads(out.read_text())["rows"])
     assert main([*args, "--no-memory"]) == 0
     assert all("memory" not in r["details"] for r in json.loads(out.read_text())["rows"])
+
+
+
+def test_each_timed_run_follows_a_run_of_the_same_model(monkeypatch):
+    """The steady state of back-to-back runs: a fake runtime that is slow (50 ms) whenever another
+    model ran just before, and instant otherwise, is timed as instant."""
+    import cepd_deploy.bench.harness as harness
+
+    last = [None]
+
+    def fake_runner(target, plan, threads, workdir, options=None):
+        def run(x, label=workdir.name):
+            if last[0] != label:
+                time.sleep(0.05)
+            last[0] = label
+
+        return run
+
+    monkeypatch.setattr(harness, "runner", fake_runner)
+    rows = harness.run_bench("resnet20", (0.5,), ("onnxruntime",), repeats=3, warmup=1, progress=False)
+    assert len(rows) == 2
+    assert all(r.latency_ms < 25 for r in rows), [r.latency_ms for r in rows]

@@ -3,7 +3,9 @@
 The Plans are lowered for a batch of ``batch`` images; every target runs (or models) the whole
 batch, and each row gives the batch's latency and the throughput (images/s). Measured targets
 time dense and CEPD interleaved in the same loop (warm-up, then the median of ``repeats``
-rounds), so machine noise hits every model alike; every measured row records the machine
+rounds), so machine noise hits every model alike; in a round each model runs twice in a row and
+the second run is timed, so it is the steady state of back-to-back runs (the model's weights and
+buffers in the caches), not a run after another model's; every measured row records the machine
 (``bench.machine.machine_info`` at the start of the run: CPU, kernel build, threads, load
 average) and, where the runtime loads an artifact (onnxruntime, TVM), its peak resident memory
 on that model, measured in a process of its own (``bench.memory``). Modelled targets evaluate
@@ -192,6 +194,7 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
                 fn(x)
         for _ in tqdm(range(repeats), desc="timing (interleaved)", disable=not progress, unit="round"):
             for key, fn in runners.items():
+                fn(x)  # untimed: the timed run then finds the model warm, as back-to-back runs do
                 t0, c0 = time.perf_counter(), time.process_time()
                 fn(x)
                 times[key].append((time.perf_counter() - t0) * 1e3)

@@ -23,7 +23,8 @@ def register(sub) -> None:
         description="For the dense baseline and a CEPD conversion at each FLOPs point: the latency of "
         "a batch of --batch images (per image at the default 1) and the throughput on each target "
         "(modelled for pynq-z1 and eyeriss; measured for onnxruntime, tvm and torch, dense and CEPD "
-        "interleaved, median of --repeats), the speedup over dense on the same target, the fraction "
+        "interleaved, each timed run right after an untimed run of the same model, median of "
+        "--repeats), the speedup over dense on the same target, the fraction "
         "of the FLOPs ideal (speedup x FLOPs remaining) and, for onnxruntime and tvm, the peak "
         "resident memory of a process running each model.",
     )
