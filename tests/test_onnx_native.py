@@ -209,6 +209,20 @@ def test_accelerate_eager_torch_matches():
     assert y_grad.requires_grad
 
 
+def test_accelerate_merges_a_1x1_layers_pointwise_steps():
+    """A 1x1 layer's chain (I -> r, the r x r core of its window, r -> O) runs as two steps in the
+    eager hook, as in the exports (the plan's merge_pointwise), and matches torch."""
+    layer = random_layer(64, 256, (1, 1), ranks_frac=(0.25,), kappa=3).eval()
+    x = torch.randn(2, 64, 9, 9)
+    with torch.no_grad():
+        ref = layer(x)
+        native.accelerate(layer)
+        y = layer(x)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+    steps = layer._cepd_native.cache[(64, 9, 9)].spec.steps
+    assert [(s.cin, s.cout) for s in steps] == [(64, 16), (16, 256)]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
                     reason="onnxruntime-extensions is not installed (the native path in onnxruntime)")
 def test_onnxruntime_native_session():

@@ -18,7 +18,8 @@ class _NativeConv:
     def build(self, shape: tuple[int, ...]) -> NativeLayer:
         import torch
 
-        from cepd_deploy.plan.ir import WEIGHTED, CEPDBlock
+        from cepd_deploy.plan.ir import WEIGHTED, CEPDBlock, Plan
+        from cepd_deploy.plan.passes import merge_pointwise
         from cepd_deploy.plan.ttconv import lower_ttconv, ttconv_weights
 
         lay = self.layer
@@ -30,6 +31,9 @@ class _NativeConv:
             if lay.bias is not None:
                 w["l.bias"] = lay.bias
             arrays = {k: v.detach().float().cpu().numpy() for k, v in w.items()}
+        # the exports' exact rewrite of consecutive 1x1 steps (a 1x1 conv's r x r window core)
+        merged = merge_pointwise(Plan("x", shape, nodes[-1].output, list(nodes), arrays))
+        nodes, arrays = merged.nodes, merged.consts
         names = [x for n in nodes if n.op in WEIGHTED for x in n.weights]
         names += [x for x in (nodes[-1].epilogue.scale, nodes[-1].epilogue.bias) if x]
         block = CEPDBlock("l", tuple(nodes))
