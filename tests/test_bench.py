@@ -205,7 +205,6 @@ def test_cli_measures_memory_unless_told_not_to(tmp_path):
     assert all("memory" not in r["details"] for r in json.loads(out.read_text())["rows"])
 
 
-
 def test_each_timed_run_follows_a_run_of_the_same_model(monkeypatch):
     """The steady state of back-to-back runs: a fake runtime that is slow (50 ms) whenever another
     model ran just before, and instant otherwise, is timed as instant."""
