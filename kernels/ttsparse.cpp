@@ -605,6 +605,17 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
       const int c = by_rows ? t : t % nchunks;
       const int p_lo = by_rows ? 0 : t / nchunks, p_hi = by_rows ? np : p_lo + 1;
       const int u0 = c * per, u1 = std::min(units, u0 + per);
+      if (by_rows && k > s0 && k + 1 == s1 && grouped(w)) {  // block by block (see chain_group)
+        for (int b = u0; b < u1; ++b)
+          for (int p = 0; p < np; ++p) {
+            const size_t n0 = size_t(p) * NR;
+            Sink sk = sink;
+            sk.spanel = L.sbuf.data() + p * srow;
+            step_to_sink(w, Src{in + p * prow, L.roff_nr.data()}, n0, int(std::min<size_t>(NR, ncols - n0)), sk,
+                         nullptr, b, b + 1);
+          }
+        return;
+      }
       for (int p = p_lo; p < p_hi; ++p) {
       const size_t n0 = size_t(p) * NR;
       const int cols = int(std::min<size_t>(NR, ncols - n0));

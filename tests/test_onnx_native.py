@@ -54,7 +54,8 @@ def test_every_tile_build_matches_reference():
     # split and the subsample), against the Plan's reference; the maps end every kind of panel
     # tail: pointwise 10x10 in 4 columns (column tile), 12x12 in 16 (16-column tile), 7x7 in
     # 17 (both); 3x3 at 7x7 (7 rows of 8) in 24, 12x12 (12 rows of 13) in 28 (a whole tile);
-    # 23x23 has enough panels to run in groups of panels, one of them ending in a tail.
+    # 23x23 has enough panels to run in groups of panels, one of them ending in a tail; 112
+    # outputs at 7x7 run stepwise, their last step in chunks of row blocks over all panels.
     # Then S by Winograd: 3x3 stride 1, padded and not, maps of 4 to 18 tiles across (two
     # 16-tile strips) and panels of tiles that start inside a tile row
     kw = dict(cin=16, cout=16, kappa=5, ranks=[0.5], bn=True, act="relu6", seed=3)
@@ -63,6 +64,7 @@ def test_every_tile_build_matches_reference():
              dict(kernel=(3, 3), stride=2, padding=(1, 1), residual=False, **kw),
              dict(kernel=(1, 1), stride=2, padding=(0, 0), residual=False, **kw)]  # fmt: skip
     big = dict(cases[1], cin=32, cout=64, kappa=13, ranks=[0.25], residual=False)
+    wide = [dict(c, cout=112, residual=False) for c in cases[:2]]
     wino = [big, dict(big, padding=(0, 0))]
     best = native.isa()
     with pytest.raises(cd.CEPDError, match="not available"):
@@ -73,6 +75,8 @@ def test_every_tile_build_matches_reference():
             assert native.isa() == name
             for case, size in itertools.product(cases, (12, 7, 10, 23)):
                 _check_layer(case, size, name)
+            for case in wide:
+                _check_layer(case, 7, name)
             native.use_winograd("always")
             for case, size in itertools.product(wino, (9, 14, 36)):
                 assert _check_layer(case, size, name).winograd
