@@ -416,10 +416,11 @@ float* thread_scratch(size_t n) {
   return buf.data();
 }
 
-// Panels per task of a layer with many (pointwise layers, pass B): the last step of the chain runs
-// block by block over the task's panels, so each output (and residual) channel is read and
-// written in runs of GROUP x NR pixels, not NR (chain_group). A ResNet-50 56x56 1x1 layer with a
-// residual took 0.66-0.80 of its time with NR-pixel runs; 4 panels beat 2, 3 and 8.
+// Panels per task of a pointwise layer with many: the last step of the chain runs block by block
+// over the task's panels, so each output (and residual) channel is read and written in runs of
+// GROUP x NR pixels, not NR (chain_group). A ResNet-50 56x56 1x1 layer with a residual took
+// 0.66-0.83 of its time with NR-pixel runs; 4 panels beat 2, 3 and 8. (The same order in pass B
+// of KxK layers, and in the stepwise path's last step, gained nothing measurable.)
 constexpr int GROUP = 4;
 constexpr int KC = 192;  // K chunk: a chunk of B rows (KC x NR) stays in L1 over the row blocks
 
@@ -531,14 +532,10 @@ int panel_groups(int np) {
   return std::min(np, (np + GROUP * threads - 1) / (GROUP * threads) * threads);
 }
 
-// Steps [s0, end) and S on panels [p0, p1) of columns [0, ncols): S and every step but the last
-// panel by panel (a panel's B rows stay in L1 over the row blocks), then the last step block by
-// block over all the panels. ``src_of(n0, cols, tail)``: the first step's B (``tail``: scratch
-// for packing a short panel); with ``s_here`` S runs too, on ``s_of``'s B (null: the first
-// step's); ``spanels``: S already computed (per panel, s_panel() apart), or null.
-void chain_group(const Layer& L, int s0, int p0, int p1, size_t ncols,
-                 const std::function<Src(size_t, int, float*)>& src_of, bool s_here,
-                 const std::function<Src(size_t)>* s_of, const float* spanels, const Sink& sink) {
+// A pointwise layer's chain on panels [p0, p1) of one image (columns [0, hw)): S and every step
+// but the last panel by panel (a panel's B rows stay in L1 over the row blocks), then the last
+// step block by block over all the panels.
+void chain_group(const Layer& L, const float* x, size_t hw, int p0, int p1, const Sink& sink) {
   const int nsteps = int(L.steps.size()), G = p1 - p0;
   const size_t prow = size_t(L.max_rows) * NR, srow = L.s_panel(), per = 2 * prow + srow;
   float* scr = thread_scratch(layer_scratch(L) + size_t(G) * per);
@@ -546,12 +543,16 @@ void chain_group(const Layer& L, int s0, int p0, int p1, size_t ncols,
   Src last[GROUP];
   for (int p = p0; p < p1; ++p) {
     const size_t n0 = size_t(p) * NR;
-    const int cols = int(std::min<size_t>(NR, ncols - n0));
+    const int cols = int(std::min<size_t>(NR, hw - n0));
     float* mine = grp + size_t(p - p0) * per;
-    Src src = src_of(n0, cols, scr + 4 * prow);
-    if (s_here) step_to_panel(L.s, s_of ? (*s_of)(n0) : src, mine + 2 * prow, cols);
-    for (int k = s0; k + 1 < nsteps; ++k) {
-      float* out = mine + ((k - s0) & 1 ? prow : 0);
+    Src src{x + n0, L.roff_x.data()};
+    if (cols < NR) {  // a tail: packed
+      pack_tail(Src{x, L.roff_x.data()}, L.I, n0, cols, scr + 4 * prow);
+      src = Src{scr + 4 * prow, L.roff_nr.data()};
+    }
+    if (L.kappa) step_to_panel(L.s, src, mine + 2 * prow, cols);
+    for (int k = 0; k + 1 < nsteps; ++k) {
+      float* out = mine + (k & 1 ? prow : 0);
       step_to_panel(L.steps[k].w, src, out, cols);
       src = Src{out, L.roff_nr.data()};
     }
@@ -562,9 +563,8 @@ void chain_group(const Layer& L, int s0, int p0, int p1, size_t ncols,
     for (int p = p0; p < p1; ++p) {
       const size_t n0 = size_t(p) * NR;
       Sink k = sink;
-      if (s_here) k.spanel = grp + size_t(p - p0) * per + 2 * prow;
-      if (spanels) k.spanel = spanels + p * srow;
-      step_to_sink(w, last[p - p0], n0, int(std::min<size_t>(NR, ncols - n0)), k, scr + 3 * prow, b, b + 1);
+      if (L.kappa) k.spanel = grp + size_t(p - p0) * per + 2 * prow;
+      step_to_sink(w, last[p - p0], n0, int(std::min<size_t>(NR, hw - n0)), k, scr + 3 * prow, b, b + 1);
     }
 }
 
@@ -605,17 +605,6 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
       const int c = by_rows ? t : t % nchunks;
       const int p_lo = by_rows ? 0 : t / nchunks, p_hi = by_rows ? np : p_lo + 1;
       const int u0 = c * per, u1 = std::min(units, u0 + per);
-      if (by_rows && k > s0 && k + 1 == s1 && grouped(w)) {  // block by block (see chain_group)
-        for (int b = u0; b < u1; ++b)
-          for (int p = 0; p < np; ++p) {
-            const size_t n0 = size_t(p) * NR;
-            Sink sk = sink;
-            sk.spanel = L.sbuf.data() + p * srow;
-            step_to_sink(w, Src{in + p * prow, L.roff_nr.data()}, n0, int(std::min<size_t>(NR, ncols - n0)), sk,
-                         nullptr, b, b + 1);
-          }
-        return;
-      }
       for (int p = p_lo; p < p_hi; ++p) {
       const size_t n0 = size_t(p) * NR;
       const int cols = int(std::min<size_t>(NR, ncols - n0));
@@ -807,16 +796,9 @@ void pointwise_panels(Layer& L, const float* x, const float* res, float* y, int 
     const int ng = panel_groups(np);
     pool().run(n * ng, [&](int t) {
       const int b = t / ng, g = t % ng;
-      const float* xb = x + b * in_n;
       Sink out;
       out.y = y + b * out_n, out.res = res ? res + b * out_n : nullptr, out.e = &e, out.out_hw = out_n / L.O;
-      const std::function<Src(size_t, int, float*)> x_of = [&](size_t n0, int cols, float* tail) {
-        if (cols == NR) return Src{xb + n0, L.roff_x.data()};
-        pack_tail(Src{xb, L.roff_x.data()}, L.I, n0, cols, tail);
-        return Src{tail, L.roff_nr.data()};
-      };
-      chain_group(L, 0, int(int64_t(np) * g / ng), int(int64_t(np) * (g + 1) / ng), hw, x_of, L.kappa > 0,
-                  nullptr, nullptr, out);
+      chain_group(L, x + b * in_n, hw, int(int64_t(np) * g / ng), int(int64_t(np) * (g + 1) / ng), out);
     });
     return;
   }
@@ -922,18 +904,6 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     const std::function<Src(size_t, int)> c_of = [&](size_t n0, int) { return Src{cin + n0, L.roff_win.data()}; };
     const std::function<Src(size_t)> sp_of = [&](size_t n0) { return Src{L.xplanes.data() + n0, L.roff_win.data()}; };
     return stepwise(L, L.ci, nsteps, c_of, s_here ? &sp_of : nullptr, ncols, out);
-  }
-  if (nsteps - L.ci > 1 && grouped(L.steps.back().w)) {
-    const int ng = panel_groups(np);
-    const std::function<Src(size_t, int, float*)> c_of = [&](size_t n0, int, float*) {
-      return Src{cin + n0, L.roff_win.data()};
-    };
-    const std::function<Src(size_t)> sp_of = [&](size_t n0) { return Src{L.xplanes.data() + n0, L.roff_win.data()}; };
-    pool().run(ng, [&](int g) {
-      chain_group(L, L.ci, int(int64_t(np) * g / ng), int(int64_t(np) * (g + 1) / ng), ncols, c_of,
-                  s_here, &sp_of, L.wino ? L.sbuf.data() : nullptr, out);
-    });
-    return;
   }
   pool().run(np, [&](int p) {
     const size_t n0 = size_t(p) * NR;

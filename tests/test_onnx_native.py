@@ -54,8 +54,8 @@ def test_every_tile_build_matches_reference():
     # split and the subsample), against the Plan's reference; the maps end every kind of panel
     # tail: pointwise 10x10 in 4 columns (column tile), 12x12 in 16 (16-column tile), 7x7 in
     # 17 (both); 3x3 at 7x7 (7 rows of 8) in 24, 12x12 (12 rows of 13) in 28 (a whole tile);
-    # 23x23 has enough panels to run in groups of panels, one of them ending in a tail; 112
-    # outputs at 7x7 run stepwise, their last step in chunks of row blocks over all panels.
+    # 23x23 has enough panels to run in groups of panels (pointwise), one of them ending in a
+    # tail; 112 outputs at 7x7 run stepwise, their last step in chunks of row blocks.
     # Then S by Winograd: 3x3 stride 1, padded and not, maps of 4 to 18 tiles across (two
     # 16-tile strips) and panels of tiles that start inside a tile row
     kw = dict(cin=16, cout=16, kappa=5, ranks=[0.5], bn=True, act="relu6", seed=3)
