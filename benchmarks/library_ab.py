@@ -26,7 +26,9 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -41,11 +43,12 @@ from cepd_deploy.targets.onnx.session import session_options  # noqa: E402
 NODE = re.compile(r"layer(\d)\.(\d+)\.(relu(?:_\d)?)/")
 
 
-def _session(model, library: str | None, threads: int):
+def _session(model, library: str | None, threads: int, profiles: str):
     import onnxruntime as ort
 
     so = session_options(threads)
     so.enable_profiling = True
+    so.profile_file_prefix = str(Path(profiles) / "ort")
     if library:
         so.register_custom_ops_library(library)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -91,12 +94,13 @@ def main() -> None:
         libs.append(ort_library.get_library_path())
     for lib in libs:
         ctypes.CDLL(lib).cepd_tts_set_threads(args.threads)
+    profiles = tempfile.mkdtemp(prefix="cepd-library-ab-")  # onnxruntime's profiles, read and removed
     dense = to_model(prepare(cd.lower(cd.build_model("resnet50").eval(), SHAPE)))
-    runs = {"dense": _session(dense, None, args.threads)}
+    runs = {"dense": _session(dense, None, args.threads, profiles)}
     for f in args.points:
         fused = to_model(prepare(cd.lower(cepd_resnet50(f), SHAPE)), fused=True)
         for i, lib in enumerate(libs):
-            runs[(f, i)] = _session(fused, lib, args.threads)
+            runs[(f, i)] = _session(fused, lib, args.threads, profiles)
     x = input_array()
     ms = {k: [] for k in runs}
     for _ in range(args.rounds):
@@ -107,6 +111,7 @@ def main() -> None:
             sess.run(None, feed)
             ms[k].append((time.perf_counter() - t) * 1e3)
     groups = {k: _groups(_profile(s)) for k, s in runs.items()}
+    shutil.rmtree(profiles, ignore_errors=True)
     print(describe(machine_info(args.threads)))
     for i, lib in enumerate(libs):
         print(f"build {i}: {lib}")

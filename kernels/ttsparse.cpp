@@ -783,8 +783,8 @@ int few_panels() { return 4 * pool().size(); }
 
 // An all-pointwise layer on n images (x, res, y: the first image's; images in_n / out_n apart; x
 // with n = 1 may be the subsampled copy) in one pool dispatch, tasks = (image, group of panels) in
-// order for a chain of steps (chain_group), (image, panel) for one step with S, or (image, panel,
-// half of the row blocks) for one GEMM without S (a dense 1x1 conv), so an odd
+// order for a chain of steps whose last K is not chunked (chain_group), (image, half of the row
+// blocks) for one GEMM without S (a dense 1x1 conv), (image, panel) otherwise, so an odd
 // number of panels does not leave a thread idle for a whole panel at the end. The caller checks
 // that there are enough panels (few_panels).
 void pointwise_panels(Layer& L, const float* x, const float* res, float* y, int n) {
