@@ -423,12 +423,14 @@ float* thread_scratch(size_t n) {
 // of KxK layers, and in the stepwise path's last step, gained nothing measurable.)
 constexpr int GROUP = 4;
 constexpr int KC = 192;  // K chunk: a chunk of B rows (KC x NR) stays in L1 over the row blocks
+// Whether a step of depth K runs in K chunks (over several row blocks).
+inline bool chunked_k(int K) { return K > KC + KC / 2; }
 
 // step rows (all blocks) -> panel (rows x NR, row-major); a deep K runs in chunks so the B rows
 // are read from L1 by every row block.
 inline void step_to_panel(const Packed& w, Src src, float* out, int cols, int b0 = 0, int b1 = -1) {
   if (b1 < 0) b1 = w.blocks();
-  const int kc = b1 - b0 > 1 && w.K > KC + KC / 2 ? KC : w.K;
+  const int kc = b1 - b0 > 1 && chunked_k(w.K) ? KC : w.K;
   for (int k0 = 0; k0 < w.K; k0 += kc) {
     const int kn = std::min(kc, w.K - k0);
     for (int b = b0; b < b1; ++b)
@@ -442,7 +444,7 @@ void step_to_sink(const Packed& w, Src src, size_t n0, int cols, const Sink& k, 
                   int b1 = -1) {
   alignas(64) float acc[MR * NR];
   if (b1 < 0) b1 = w.blocks();
-  const bool chunked = b1 - b0 > 1 && w.K > KC + KC / 2;  // then all rows first, into ``whole``
+  const bool chunked = b1 - b0 > 1 && chunked_k(w.K);  // then all rows first, into ``whole``
   if (chunked) step_to_panel(w, src, whole, cols, b0, b1);
   // output runs of this panel: (column in panel, length, destination pixel)
   int run_j[NR], run_len[NR];
@@ -499,32 +501,37 @@ void pack_tail(Src src, int K, size_t n0, int cols, float* out) {
 // a packed tail panel of x.
 size_t layer_scratch(const Layer& L) { return 4 * size_t(L.max_rows) * NR + size_t(L.max_k) * NR; }
 
+// The panel at n0 of x (I rows, read in place), or of a tail (cols < NR) packed into this
+// thread's scratch.
+Src x_panel(const Layer& L, const float* x, size_t n0, int cols) {
+  if (cols == NR) return Src{x + n0, L.roff_x.data()};
+  float* tail = thread_scratch(layer_scratch(L)) + 4 * size_t(L.max_rows) * NR;
+  pack_tail(Src{x, L.roff_x.data()}, L.I, n0, cols, tail);
+  return Src{tail, L.roff_nr.data()};
+}
+
+// S (if ``s_src``) into ``sp``, then steps [s0, s1) of one panel, the first reading ``src``, each
+// into pb[0] / pb[1] in turn; returns the last one's output (``src`` if there are no steps).
+Src chain_steps(const Layer& L, int s0, int s1, Src src, Src s_src, int cols, float* const pb[2], float* sp) {
+  if (s_src.first) step_to_panel(L.s, s_src, sp, cols);
+  for (int k = s0; k < s1; ++k) {
+    float* out = pb[(k - s0) & 1];
+    step_to_panel(L.steps[k].w, src, out, cols);
+    src = Src{out, L.roff_nr.data()};
+  }
+  return src;
+}
+
 // Steps [s0, s1) on one panel: the first reads ``src`` (already offset to the panel), the last
 // goes to the sink; S (if ``s_src``) runs on its own source into the sink's panel.
 void chain(const Layer& L, int s0, int s1, Src src, Src s_src, size_t n0, int cols, Sink sink) {
   const size_t prow = size_t(L.max_rows) * NR;
   float* scr = thread_scratch(layer_scratch(L));
-  float* pb[2] = {scr, scr + prow};
-  if (s_src.first) {
-    float* sp = scr + 2 * prow;
-    step_to_panel(L.s, s_src, sp, cols);
-    sink.spanel = sp;
-  }
-  for (int k = s0; k < s1; ++k) {
-    const Packed& w = L.steps[k].w;
-    if (k + 1 == s1) {
-      step_to_sink(w, src, n0, cols, sink, scr + 3 * prow);
-    } else {
-      float* out = pb[(k - s0) & 1];
-      step_to_panel(w, src, out, cols);
-      src = Src{out, L.roff_nr.data()};
-    }
-  }
+  float* const pb[2] = {scr, scr + prow};
+  src = chain_steps(L, s0, s1 - 1, src, s_src, cols, pb, scr + 2 * prow);
+  if (s_src.first) sink.spanel = scr + 2 * prow;
+  step_to_sink(L.steps[s1 - 1].w, src, n0, cols, sink, scr + 3 * prow);
 }
-
-// Whether a chain whose last step is ``w`` runs in groups of panels: not when its K runs in chunks
-// (then all the rows go to a panel first, see step_to_sink).
-bool grouped(const Packed& w) { return w.K <= KC + KC / 2; }
 
 // Tasks for ``np`` panels: groups of at most GROUP panels, as many as a multiple of the threads.
 int panel_groups(int np) {
@@ -545,18 +552,9 @@ void chain_group(const Layer& L, const float* x, size_t hw, int p0, int p1, cons
     const size_t n0 = size_t(p) * NR;
     const int cols = int(std::min<size_t>(NR, hw - n0));
     float* mine = grp + size_t(p - p0) * per;
-    Src src{x + n0, L.roff_x.data()};
-    if (cols < NR) {  // a tail: packed
-      pack_tail(Src{x, L.roff_x.data()}, L.I, n0, cols, scr + 4 * prow);
-      src = Src{scr + 4 * prow, L.roff_nr.data()};
-    }
-    if (L.kappa) step_to_panel(L.s, src, mine + 2 * prow, cols);
-    for (int k = 0; k + 1 < nsteps; ++k) {
-      float* out = mine + (k & 1 ? prow : 0);
-      step_to_panel(L.steps[k].w, src, out, cols);
-      src = Src{out, L.roff_nr.data()};
-    }
-    last[p - p0] = src;
+    float* const pb[2] = {mine, mine + prow};
+    const Src src = x_panel(L, x, n0, cols);
+    last[p - p0] = chain_steps(L, 0, nsteps - 1, src, L.kappa ? src : Src{nullptr, nullptr}, cols, pb, mine + 2 * prow);
   }
   const Packed& w = L.steps[nsteps - 1].w;
   for (int b = 0; b < w.blocks(); ++b)
@@ -594,7 +592,7 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
     // x in place (a pointwise layer's first step; x's rows lie far apart): tasks = (panel,
     // 1/(2 threads) of the blocks), so each K chunk of the panel's rows is read into L1 once for
     // many blocks (a 1024 -> 32 + S 26 step at 14x14: 9-20% faster, a 2048 one at 7x7 18%)
-    const bool deep = L.ci < 0 && k <= s0 && std::max(w.K, nbs ? L.s.K : 0) > KC + KC / 2;
+    const bool deep = L.ci < 0 && k <= s0 && chunked_k(std::max(w.K, nbs ? L.s.K : 0));
     const bool by_rows = !deep && units >= 8 * threads;
     const int per = deep ? (units + 2 * threads - 1) / (2 * threads)
                          : by_rows ? (units + 6 * threads - 1) / (6 * threads) : 1;
@@ -792,7 +790,7 @@ void pointwise_panels(Layer& L, const float* x, const float* res, float* y, int 
   const Epilogue e = epilogue(L);
   const int nsteps = int(L.steps.size()), np = int((hw + NR - 1) / NR);
   const int halves = nsteps == 1 && !L.kappa && L.steps[0].w.blocks() > 1 ? 2 : 1;
-  if (halves == 1 && nsteps > 1 && grouped(L.steps.back().w)) {
+  if (nsteps > 1 && !chunked_k(L.steps.back().w.K)) {  // (a chunked last step: see step_to_sink)
     const int ng = panel_groups(np);
     pool().run(n * ng, [&](int t) {
       const int b = t / ng, g = t % ng;
@@ -804,17 +802,11 @@ void pointwise_panels(Layer& L, const float* x, const float* res, float* y, int 
   }
   pool().run(n * np * halves, [&](int t) {
     const int b = t / (np * halves), p = t / halves % np, nb = L.steps[0].w.blocks();
-    const float* xb = x + b * in_n;
     Sink out;
     out.y = y + b * out_n, out.res = res ? res + b * out_n : nullptr, out.e = &e, out.out_hw = out_n / L.O;
     const size_t n0 = size_t(p) * NR;
     const int cols = int(std::min<size_t>(NR, hw - n0));
-    Src src{xb + n0, L.roff_x.data()};
-    if (cols < NR) {  // a tail: packed into this thread's scratch
-      float* tail = thread_scratch(layer_scratch(L)) + 4 * size_t(L.max_rows) * NR;
-      pack_tail(Src{xb, L.roff_x.data()}, L.I, n0, cols, tail);
-      src = Src{tail, L.roff_nr.data()};
-    }
+    const Src src = x_panel(L, x + b * in_n, n0, cols);
     if (halves == 1) return chain(L, 0, nsteps, src, L.kappa ? src : Src{nullptr, nullptr}, n0, cols, out);
     const int h = t % halves;
     step_to_sink(L.steps[0].w, src, n0, cols, out, thread_scratch(layer_scratch(L)) + 3 * size_t(L.max_rows) * NR,
@@ -843,17 +835,8 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
   }
   Sink out;
   out.y = y, out.res = res, out.e = &e, out.out_hw = out_hw;
-  auto in_place = [&](size_t n0, int cols, int K, float*& tail) -> Src {
-    if (cols == NR) return Src{x + n0, L.roff_x.data()};
-    tail = thread_scratch(layer_scratch(L)) + 4 * size_t(L.max_rows) * NR;
-    pack_tail(Src{x, L.roff_x.data()}, K, n0, cols, tail);
-    return Src{tail, L.roff_nr.data()};
-  };
   auto use_stepwise = [&](int np) { return np < few_panels(); };
-  const std::function<Src(size_t, int)> x_of = [&](size_t n0, int cols) {
-    float* tail = nullptr;
-    return in_place(n0, cols, L.I, tail);
-  };
+  const std::function<Src(size_t, int)> x_of = [&](size_t n0, int cols) { return x_panel(L, x, n0, cols); };
   const std::function<Src(size_t)> xs_of = [&](size_t n0) { return x_of(n0, int(std::min<size_t>(NR, hw - n0))); };
   if (L.ci < 0 && L.xplanes.empty() && !L.wino) {  // all pointwise: one pass over pixels
     const int np = int((hw + NR - 1) / NR);
@@ -877,9 +860,7 @@ void run_image(Layer& L, const float* xb, const float* res, float* y) {
     if (t < np_in) {
       const size_t n0 = size_t(t) * NR;
       const int cols = int(std::min<size_t>(NR, hw - n0));
-      float* tail = nullptr;
-      Src src = in_place(n0, cols, L.I, tail);
-      chain(L, 0, pre, src, Src{nullptr, nullptr}, n0, cols, to_planes);
+      chain(L, 0, pre, x_panel(L, x, n0, cols), Src{nullptr, nullptr}, n0, cols, to_planes);
       return;
     }
     t -= np_in;
