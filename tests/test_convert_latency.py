@@ -136,9 +136,12 @@ def test_inspect_latency_times_every_cepd_layer_against_its_dense_conv(tmp_path,
         if timed:
             assert row["ms"] > 0 and row["dense_ms"] > 0
     assert data["latency"]["runtime"] == "onnxruntime" and data["latency"]["machine"]["threads"] == 1
+    stages = data["latency"]["dense_stages"]  # the whole model, as export --dense-stages writes it
+    assert stages["runtime"] == "onnxruntime" and len(stages["candidates"]) == 4
     (cache,) = (tmp_path / "cache").glob("onnx-latency-*.json")
     measured = cache.read_text()
     assert main(["inspect", str(path), "--latency", "onnxruntime", "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert "dense ms" in text and "slower than dense on this CPU:" in text and "measured on:" in text
+    assert "dense ms" in text and "slower than their dense conv alone on this CPU:" in text
+    assert "measured on:" in text and "whole model: " in text
     assert cache.read_text() == measured  # the second run timed nothing: every layer was cached

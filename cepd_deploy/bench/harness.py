@@ -29,6 +29,9 @@ from cepd_deploy.bench.paper import paper_latency, paper_speedup
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.targets import get as get_target
 
+#: the target whose CEPD models run their measured dense stages (as ``export --fused`` writes them)
+FUSED_RUNTIME = "onnxruntime-native"
+
 
 @dataclass
 class Row:
@@ -71,6 +74,13 @@ class Variant:
     plan: object
     flops_remaining: float
     params_remaining: float
+    model: object = None  # the nn.Module (lowered again where a target runs some layers dense)
+    #: target -> (its Plan with the layers that run faster dense there, the DenseStages measured)
+    runs: dict = field(default_factory=dict)
+
+    def plan_for(self, target: str):
+        """The Plan ``target`` runs: :attr:`plan`, or the one with its measured dense stages."""
+        return self.runs[target][0] if target in self.runs else self.plan
 
 
 def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
@@ -101,7 +111,7 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
         plan = lower(model, shape)
         t = totals(plan)
         label = "dense" if f >= 1.0 else f"cepd{round(f * 1000)}{suffix}"
-        out.append(Variant(label, f, plan, t["flops_remaining"], t["params_remaining"]))
+        out.append(Variant(label, f, plan, t["flops_remaining"], t["params_remaining"], model))
     return out
 
 
@@ -122,7 +132,7 @@ def _file_variants(path: Path, batch: int, source: dict) -> list[Variant]:
     for label, loaded in (("dense", dense), ("cepd", cepd)):
         t = totals(loaded.plan)
         f = t["flops_remaining"]
-        out.append(Variant(label, f, loaded.plan, f, t["params_remaining"]))
+        out.append(Variant(label, f, loaded.plan, f, t["params_remaining"], loaded.model))
     return out
 
 
@@ -141,12 +151,16 @@ def run_bench(
     batch: int = 1,
     memory: bool = False,
     pynq_bits: int = 16,
+    dense_stages: bool = True,
 ) -> list[Row]:
     """Latency rows for every (model variant, target); speedups against the dense row. ``source``:
     how ``arch`` is loaded (see :func:`build_variants`). Every run is of ``batch`` images (rows
     give the throughput too); with ``memory`` (``cepd-deploy bench`` sets it unless --no-memory),
     each measured runtime's peak memory on each model (``bench.memory``: onnxruntime and TVM).
-    ``pynq_bits``: the PYNQ-Z1 engine's data width (8 or fewer: the packed 8-bit engine)."""
+    ``pynq_bits``: the PYNQ-Z1 engine's data width (8 or fewer: the packed 8-bit engine). With
+    ``dense_stages``, a CEPD model on ``onnxruntime-native`` runs what ``export --fused`` writes:
+    the stages measured faster dense there run dense (:mod:`~cepd_deploy.frontend.dense_stages`);
+    its rows keep the model's FLOPs remaining."""
     valid = bench_targets()
     unknown = [t for t in targets if t not in valid]
     if unknown:
@@ -169,6 +183,8 @@ def run_bench(
             ms, details = modelled_ms(target, v.plan, options.get(target))
             rows.append(_row(arch, v, target, "modelled", ms, details))
     timed = [t for t in targets if measured(t)]
+    if dense_stages and FUSED_RUNTIME in timed:
+        _measure_dense_stages(variants, threads, progress)
     if timed:
         rows += _measure(arch, variants, timed, threads, repeats, warmup, progress, memory)
         for r in rows:
@@ -186,7 +202,8 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
         runners = {}
         for target in targets:
             for v in tqdm(variants, desc=f"prepare {target}", disable=not progress, unit="model"):
-                runners[(target, v.label)] = runner(target, v.plan, threads, _workdir(tmp, target, v.label))
+                plan = v.plan_for(target)
+                runners[(target, v.label)] = runner(target, plan, threads, _workdir(tmp, target, v.label))
         times = {key: [] for key in runners}
         cpu = {key: [] for key in runners}  # process CPU time (all threads): steadier on a shared machine
         for _ in range(warmup):
@@ -209,6 +226,8 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
     for (target, label), ts in times.items():
         details = {"repeats": repeats, "threads": threads, "min_ms": min(ts), "max_ms": max(ts),
                    "cpu_ms": statistics.median(cpu[(target, label)])}  # fmt: skip
+        if target in by_label[label].runs:
+            details["dense_stages"] = by_label[label].runs[target][1].to_json()
         row = _row(arch, by_label[label], target, "measured", statistics.median(ts), details)
         peak = peaks.get((target, label), {})
         row.peak_rss_mb, row.model_rss_mb = peak.get("peak_rss_mb"), peak.get("model_rss_mb")
@@ -216,6 +235,23 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
             details["memory"] = peak
         rows.append(row)
     return rows
+
+
+def _measure_dense_stages(variants: list[Variant], threads: int, progress: bool) -> None:
+    """Fill each CEPD variant's run on the library target with its measured dense stages."""
+    from cepd_deploy.frontend.dense_stages import dense_stages
+    from cepd_deploy.frontend.lower import lower
+    from cepd_deploy.targets.onnx import ort_library
+
+    if not ort_library.available():  # the target runs the extensions path: no stages measured
+        return
+    for v in variants:
+        if v.label == "dense" or v.model is None:
+            continue
+        shape = v.plan.input_shape
+        choice = dense_stages(v.model, shape, FUSED_RUNTIME, threads=threads, progress=progress)
+        plan = lower(v.model, shape, dense=choice.names) if choice.names else v.plan
+        v.runs[FUSED_RUNTIME] = (plan, choice)
 
 
 def _workdir(tmp: str, target: str, label: str) -> Path:

@@ -44,6 +44,10 @@ def register(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=1,
                    help="images per run: the models are lowered for this batch and every target runs it "
                    "whole; the table gives the batch's latency and images/s (default 1)")  # fmt: skip
+    p.add_argument("--dense-stages", choices=("auto", "none"), default="auto",
+                   help="auto (default): CEPD models on onnxruntime-native run dense the stages measured "
+                   "faster dense there, as export --fused writes them (rows keep the model's FLOPs "
+                   "remaining); none: every CEPD layer runs as CEPD")  # fmt: skip
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory measurement (one process per runtime and model)")  # fmt: skip
     p.add_argument("--repeats", type=positive_int, default=15, help="timed rounds (median reported)")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                      repeats=args.repeats, warmup=args.warmup, eyeriss_spec=args.eyeriss_spec,
                      progress=not args.quiet, allocation=args.allocation,
                      source=model_options(args), batch=args.batch, memory=args.memory,
-                     pynq_bits=args.pynq_bits)  # fmt: skip
+                     pynq_bits=args.pynq_bits, dense_stages=args.dense_stages == "auto")  # fmt: skip
     payload = rep.to_payload(rows, args.model)  # the machine of the measured rows included
     texts = {"json": json.dumps(payload, indent=1), "csv": rep.to_csv(rows), "markdown": rep.markdown(rows)}
     for key, path in outs.items():

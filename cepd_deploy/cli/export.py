@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cepd_deploy import threads
 from cepd_deploy.cli.common import add_json_arg, add_model_arg, model_options, output_path, print_json
 
 FORMATS = ["onnx"]
@@ -21,6 +22,14 @@ def register(sub) -> None:
     add_model_arg(p)
     p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
     p.add_argument("--fused", action="store_true", help="one TTSparseConv node per CEPD layer")
+    p.add_argument("--dense-stages", choices=("auto", "measure", "none"), default="auto",
+                   help="run dense (as the conv W = L + S, same function, more MACs) the stages whose "
+                   "CEPD layers are slower on this CPU, measured by timing the whole model with each "
+                   "stage dense: 'measure' times the export's runtime (the custom-op library for "
+                   "--fused, stock onnxruntime for a portable export); 'auto' (default) does so for "
+                   "--fused where the library is built; 'none' keeps every CEPD layer")  # fmt: skip
+    p.add_argument("--threads", type=threads.arg, default=2,
+                   help="threads the dense stages are measured with (default 2)")
     p.add_argument("--verify", action="store_true",
                    help="run onnxruntime against the Plan reference and torch on random inputs")  # fmt: skip
     p.add_argument("--samples", type=int, default=2, help="random inputs for --verify (default 2)")
@@ -42,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
     from cepd_deploy.targets.onnx import prepare, to_model
 
     model, shape, label = resolve(args.model, **model_options(args))
+    stages = _dense_stages(model, shape, args)
     plan = lower(model, shape)
+    totals_model = totals(plan)
+    if stages is not None and stages.names:
+        plan = lower(model, shape, dense=stages.names)
     proto = to_model(prepare(plan), fused=args.fused, name=out.stem)
     result = {"model": label, "output": str(out), "format": args.format, "fused": args.fused,
-              "input_shape": list(shape), "totals": totals(plan)}  # fmt: skip
+              "input_shape": list(shape), "totals": totals_model}  # fmt: skip
+    if stages is not None:
+        result["dense_stages"] = stages.to_json() | {"run_totals": totals(plan)}
     if args.verify:  # the file is written only once the model passes
         from cepd_deploy.targets.onnx.verify import compare, summary
 
@@ -63,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         kind = "fused" if args.fused else "portable"
         what = f"{kind} ONNX, {result['totals']['flops_remaining']:.1%} FLOPs remaining"
         print(f"wrote {out} ({what})" if written else f"not written: {out} ({what}) failed verification")
+        if stages is not None:
+            print(f"  {stages.describe()}")
         if args.verify:
             for c in (c for c in result["checks"] if c["value"] == plan.output):
                 print(f"  output {c['value']} vs {c['against']}: max abs error {c['max_abs_error']:.3g}"
@@ -74,3 +91,15 @@ def run(args: argparse.Namespace) -> int:
     if args.verify and not result["verify"]["ok"]:
         return 1
     return 0
+
+
+def _dense_stages(model, shape, args: argparse.Namespace):
+    """The measured dense stages (``DenseStages``) the export applies, or None."""
+    from cepd_deploy.frontend.dense_stages import dense_stages
+    from cepd_deploy.targets.onnx import ort_library
+
+    runtime = "onnxruntime-native" if args.fused else "onnxruntime"
+    auto = args.fused and ort_library.available()
+    if args.dense_stages == "none" or (args.dense_stages == "auto" and not auto):
+        return None
+    return dense_stages(model, shape, runtime, threads=args.threads, progress=not args.json)

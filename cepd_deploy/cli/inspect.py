@@ -18,7 +18,9 @@ def register(sub) -> None:
         description="Lower a model to its Plan and print, per conv/linear layer: weight shape, "
         "TT layout and factorisation, ranks, kept filters, contraction order, params and MACs. "
         "With --latency, also what each CEPD layer costs on this CPU next to the dense conv it "
-        "replaced (measured, cached per machine like convert's latency-aware allocations).",
+        "replaced (measured, cached per machine like convert's latency-aware allocations), and "
+        "which stages run dense in the whole model on that runtime (as export writes them with "
+        "--dense-stages).",
     )
     add_model_arg(p)
     add_json_arg(p)
@@ -44,12 +46,19 @@ def run(args: argparse.Namespace) -> int:
     plan = lower(model, shape)
     why = why_dense(model, plan)
     lat = _latency(model, plan, args.latency, args.threads) if args.latency else None
+    stages = None
+    if lat:
+        from cepd_deploy.frontend.dense_stages import dense_stages
+
+        stages = dense_stages(model, shape, args.latency, threads=args.threads, progress=not args.json)
     if args.json:
         rows = layer_rows(plan, why)
         for row in rows:
             if row["name"] in (lat or {}):
                 row["ms"], row["dense_ms"] = lat[row["name"]]
         timed = {"runtime": args.latency, "machine": machine_info(args.threads)}
+        if stages is not None:
+            timed["dense_stages"] = stages.to_json()
         extra = {"latency": timed} if lat is not None else {}
         print_json({"model": label, "input_shape": list(shape), "layers": rows, "totals": totals(plan)}
                    | extra)  # fmt: skip
@@ -58,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(summary(plan, why, lat))
         if lat is not None:
             print(_latency_footer(lat, args.latency, args.threads))
+        if stages is not None:
+            print(f"whole model: {stages.describe()}")
     return 0
 
 
@@ -86,6 +97,6 @@ def _latency_footer(lat: dict[str, tuple[float, float]], runtime: str, n_threads
     return "\n".join([
         f"latency ({runtime}, single layers): CEPD layers {ms:.2f} ms against {dense:.2f} ms for the "
         f"dense convs they replaced ({dense / ms:.2f}x)",
-        "slower than dense on this CPU: " + (", ".join(slower) if slower else "none"),
+        "slower than their dense conv alone on this CPU: " + (", ".join(slower) if slower else "none"),
         f"measured on: {describe(machine_info(n_threads))}",
     ])  # fmt: skip

@@ -14,7 +14,7 @@ module and the source line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -30,6 +30,7 @@ from cepd_deploy.frontend.trace import interpret, trace, where
 from cepd_deploy.frontend.views import View, ViewError
 from cepd_deploy.model.layers import CEPDConv2d
 from cepd_deploy.plan import passes
+from cepd_deploy.plan.contraction import DENSE
 from cepd_deploy.plan.cost import nodes_macs
 from cepd_deploy.plan.ir import (
     ConvAttrs,
@@ -53,18 +54,21 @@ def lower(
     *,
     cost: CostFn = nodes_macs,
     fuse: bool = True,
+    dense: Collection[str] = (),
 ) -> Plan:
     """Lower a model to a Plan for a given input shape (N, C, H, W).
 
     ``cost`` scores the candidate lowerings of each CEPD conv (default: MACs); a target may
     pass its own (e.g. a latency model). With ``fuse`` ReLU and residual adds become epilogues.
+    The CEPD convs named in ``dense`` run as the dense conv their L + S make (same function, more
+    MACs): the stages a runtime runs faster that way (:mod:`~cepd_deploy.frontend.dense_stages`).
     """
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 4 or min(input_shape) < 1:
         raise CEPDError(f"input shape must be (N, C, H, W) with positive sizes, got {input_shape}")
     gm = trace(model)
     interp = interpret(gm, input_shape)
-    plan = _Lowering(gm, interp.shapes, interp.values, cost).run(input_shape)
+    plan = _Lowering(gm, interp.shapes, interp.values, cost, frozenset(dense)).run(input_shape)
     verify(plan)
     return passes.run(plan, ("fuse_epilogues",) if fuse else ())
 
@@ -76,8 +80,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
 class _Lowering(Handlers):
     """Walks the fx graph in order; the op handlers come from :class:`Handlers`."""
 
-    def __init__(self, gm: fx.GraphModule, shapes: dict, values: dict, cost: CostFn) -> None:
-        self.gm, self.shapes, self.values, self.cost = gm, shapes, values, cost
+    def __init__(self, gm: fx.GraphModule, shapes: dict, values: dict, cost: CostFn,
+                 dense: frozenset[str]) -> None:  # fmt: skip
+        self.gm, self.shapes, self.values, self.cost, self.dense = gm, shapes, values, cost, dense
         self.modules = dict(gm.named_modules())
         self.nodes: list[Node] = []
         self.consts: dict[str, np.ndarray] = {}
@@ -296,7 +301,10 @@ class _Lowering(Handlers):
             scale, shift = bn_affine(bn)
         fold = scale is not None and can_fold_scale(spec.layout)
         unfolded_scale = scale is not None and not fold
-        path = choose_path(spec, in_shape, self.cost, scale=unfolded_scale)
+        if name in self.dense:
+            path = DENSE
+        else:
+            path = choose_path(spec, in_shape, self.cost, scale=unfolded_scale)
         bias = layer.bias.detach().double() if layer.bias is not None else None
         if scale is not None:
             bias = shift + (scale * bias if bias is not None else 0)

@@ -31,7 +31,7 @@ def session_options(threads: int | None = None, *, spinning: bool = False, optim
 
 
 def build_session(model, threads: int | None = None, *, spinning: bool = False, optimize: bool = True,
-                  native: bool | str = False):  # fmt: skip
+                  native: bool | str = False, profile: str | Path | None = None):  # fmt: skip
     """An ``onnxruntime.InferenceSession`` on the CPU for a path or a ModelProto.
 
     With ``native``, the fused model's TTSparseConv nodes run the native kernel on ``threads``
@@ -39,13 +39,17 @@ def build_session(model, threads: int | None = None, *, spinning: bool = False, 
     where it is built, else through onnxruntime-extensions (:mod:`~cepd_deploy.targets.onnx.ort_native`);
     ``native="library"`` / ``"extensions"`` picks one. The session's ``cepd_native`` names the path
     taken and ``cepd_native_layers`` lists the natively run layers (node names on the library path,
-    the NativeLayer objects, kept alive with the session, on the extensions path).
+    the NativeLayer objects, kept alive with the session, on the extensions path). With ``profile``
+    (a folder), onnxruntime profiles every node there (``sess.end_profiling()`` gives the file).
 
     >>> sess = build_session("model.onnx", threads=2)          # doctest: +SKIP
     """
     import onnxruntime as ort
 
     so = session_options(threads, spinning=spinning, optimize=optimize)
+    if profile is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(profile) / "ort")
     layers: list = []
     how = _native_path(native)
     if how:

@@ -1,0 +1,139 @@
+"""Which CEPD layers a runtime runs faster dense, measured on this CPU in whole-model runs.
+
+A CEPD layer can run as the dense conv its L + S make (the same function, more MACs:
+``lower(..., dense=names)``). Where the runtime's dense conv beats the layer's TT chain plus S,
+that is the faster program. Single-layer timings do not tell which layers these are: in a whole
+network a layer on a large map reads its input and residual cold from the layer before, and
+every switch between the runtime's own conv and a CEPD node adds layout reorders and unfused
+epilogues. Measured on CEPD ResNet-50 (uniform ranks, 66.3% FLOPs, AVX2, 2 threads), running
+dense the 11 layers that single-layer timings call slower made the model 3% slower; running
+dense its 56x56 stage made it 4% faster.
+
+So the candidates are stages: the CEPD layers whose output map has at least ``s`` pixels, for
+each map size ``s`` of the network (largest first), from none to all of them. Each candidate is
+built and the whole model run on the runtime, all candidates interleaved in one process and
+timed node by node; the fastest wins, and a candidate with more dense layers has to be faster by
+``margin`` than one with fewer. Running everything dense is a candidate, so the chosen program
+is never slower than the dense rebuild beyond the timing noise.
+
+>>> choice = dense_stages(model, (1, 3, 224, 224), "onnxruntime-native")  # doctest: +SKIP
+>>> plan = lower(model, (1, 3, 224, 224), dense=choice.names)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from cepd_deploy.errors import CEPDError
+from cepd_deploy.frontend.lower import lower
+from cepd_deploy.plan.ir import Plan
+
+#: runtimes the choice can be measured on: the portable export on stock onnxruntime, the fused
+#: export on the custom-op library (the bench targets of the same names)
+RUNTIMES = ("onnxruntime", "onnxruntime-native")
+
+
+@dataclass(frozen=True)
+class DenseStages:
+    """The chosen layers (``names``, to run dense) and what every candidate measured."""
+
+    runtime: str
+    names: tuple[str, ...]
+    #: per candidate, largest output map first: (smallest map run dense in pixels, or 0 for none;
+    #: its layers; its time in ms)
+    candidates: tuple[tuple[int, tuple[str, ...], float], ...]
+
+    def to_json(self) -> dict:
+        return {"runtime": self.runtime, "dense_layers": list(self.names),
+                "candidates": [{"min_map_pixels": s, "layers": len(n), "ms": round(ms, 3)}
+                               for s, n, ms in self.candidates]}  # fmt: skip
+
+    def describe(self) -> str:
+        """One line: what runs dense and the measured times."""
+        base = self.candidates[0][2]
+        chosen = next(c for c in self.candidates if c[1] == self.names)
+        times = ", ".join(f"{len(n)} dense {ms:.1f} ms" for _, n, ms in self.candidates)
+        if not self.names:
+            return f"every CEPD layer runs as CEPD on {self.runtime} (measured: {times})"
+        return (f"{len(self.names)} CEPD layer(s) on maps of {chosen[0]} pixels and more run dense on "
+                f"{self.runtime}, {base / chosen[2]:.2f}x faster than none (measured: {times})")  # fmt: skip
+
+
+def stages(plan: Plan) -> list[tuple[int, tuple[str, ...]]]:
+    """(output map pixels s, the CEPD layers writing maps of at least s pixels), for each map size
+    s of the Plan's CEPD layers, largest first; preceded by (0, ()) for running none dense."""
+    size = {name: math.prod(info.out_shape[2:]) for name, info in plan.layers.items() if info.kind == "cepd"}
+    out = [(0, ())]
+    for s in sorted(set(size.values()), reverse=True):
+        out.append((s, tuple(n for n in size if size[n] >= s)))
+    return out
+
+
+def dense_stages(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    runtime: str = "onnxruntime-native",
+    *,
+    threads: int = 2,
+    rounds: int = 30,
+    margin: float = 0.02,
+    progress: bool = True,
+) -> DenseStages:
+    """Time every stage candidate of ``model`` on ``runtime`` (see the module docstring)."""
+    if runtime not in RUNTIMES:
+        raise CEPDError(f"dense stages are measured on {' or '.join(RUNTIMES)}, not {runtime!r}")
+    fused = runtime == "onnxruntime-native"
+    if fused:
+        from cepd_deploy.targets.onnx import ort_library
+
+        if not ort_library.available():
+            raise CEPDError("the custom-op library is not built here: cannot time the fused export on it")
+    plan = lower(model, input_shape)
+    cands = stages(plan)
+    if len(cands) == 1:
+        return DenseStages(runtime, (), ((0, (), 0.0),))
+    bar = tqdm(cands, desc="dense stages: build", disable=not progress, unit="model")
+    with tempfile.TemporaryDirectory(prefix="cepd-stages-") as tmp:
+        runs = [_session(lower(model, input_shape, dense=names), fused, threads, tmp) for _, names in bar]
+        ms = _time(runs, plan.input_shape, rounds, progress)
+    best = 0
+    for k in range(1, len(cands)):
+        if ms[k] < ms[best] * (1 - margin):
+            best = k
+    measured = tuple((s, names, t) for (s, names), t in zip(cands, ms))
+    return DenseStages(runtime, cands[best][1], measured)
+
+
+def _session(plan: Plan, fused: bool, threads: int, profile_dir: str):
+    from cepd_deploy.targets.onnx import build_session, prepare, to_model
+
+    model = to_model(prepare(plan), fused=fused)
+    return build_session(model, threads, native="library" if fused else False, profile=profile_dir)
+
+
+def _time(sessions: list, shape: tuple[int, ...], rounds: int, progress: bool) -> list[float]:
+    """Per session: the sum over its nodes of each node's 10th percentile over ``rounds``
+    interleaved rounds (onnxruntime's profile), in ms. Steadier on a shared machine than whole
+    runs: a burst of other work slows a few nodes of a run, and a node's low percentile drops it."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for _ in tqdm(range(rounds), desc="dense stages: time", disable=not progress, unit="round"):
+        for sess, feed in zip(sessions, feeds):
+            sess.run(None, feed)
+    out = []
+    for sess in sessions:
+        per: dict[str, list[float]] = {}
+        for event in json.loads(Path(sess.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                per.setdefault(event["name"], []).append(event["dur"])
+        out.append(sum(float(np.percentile(v, 10)) for v in per.values()) / 1e3)
+    return out
