@@ -17,6 +17,7 @@ from cepd_deploy.plan.ir import Op  # noqa: E402
 from cepd_deploy.targets.tvm import host  # noqa: E402
 from cepd_deploy.targets.tvm.conv import ConvShape, ConvTiling, applies, choose_tiling, conv  # noqa: E402
 from cepd_deploy.targets.tvm.gemm import Tiling, gemm  # noqa: E402
+from cepd_deploy.targets.tvm.gemm import choose_tiling as gemm_tiling  # noqa: E402
 from cepd_deploy.targets.tvm.kernel import Call, Epi, EpiValues  # noqa: E402
 from cepd_deploy.targets.tvm.simple import concat, eltwise, global_avgpool, permute, pool  # noqa: E402
 
@@ -177,6 +178,30 @@ def test_gemm_on_one_pixel(o):
     x, w = rand(2, 5, 1), rand(o, 5, seed=1)
     for t in (None, Tiling("p", 1, 16), Tiling("o", 1, 16)):
         assert rel(run_call(gemm(2, 5, 1, w, Epi(), EpiValues(), tiling=t), [x]), w @ x) <= TOL, t
+
+
+# ResNet-50's conv and GEMM shapes: (cin, cout, map, stride) and (O, K, P)
+R50_CONVS = [(64, 64, 56, 1), (128, 128, 28, 1), (256, 256, 14, 1), (512, 512, 7, 1), (128, 128, 56, 2),
+             (256, 256, 28, 2), (512, 512, 14, 2)]  # fmt: skip
+R50_GEMMS = [(256, 64, 3136), (64, 256, 3136), (128, 512, 784), (256, 1024, 196), (512, 2048, 49),
+             (70, 1024, 196)]  # fmt: skip
+
+
+def test_tilings_for_16_registers():
+    """AVX2 (8 lanes, 16 registers): at most 2 vectors a row and 12 accumulators, vectors over
+    pixels wherever there are enough of them (measured on Zen 3: 12 x 8 tiles, 4-vector rows and
+    vectors over channels ran at about half the rate); AVX-512's choices as measured on Zen 4."""
+    for cin, cout, hw, st in R50_CONVS:
+        s = ConvShape(1, cin, hw, hw, cout, (3, 3), (st, st), (1, 1))
+        t = choose_tiling(s, simd=8)
+        assert t.lanes == 16 and t.rows * 2 <= 12, (s.key, t.key)
+        assert choose_tiling(s, simd=16).key == "direct7x32"
+    for o, k, p in R50_GEMMS:
+        t = gemm_tiling(o, k, p, simd=8)
+        assert t.vec == "p" and t.lanes <= 16 and t.rows * t.lanes // 8 <= 12, (o, k, p, t.key)
+    assert gemm_tiling(1000, 2048, 1, simd=8).vec == "o"  # one pixel: the vector runs over channels
+    assert gemm_tiling(256, 64, 3136, simd=16).key == "p16x16"
+    assert gemm_tiling(128, 512, 784, simd=16).key == "o7x32"
 
 
 def test_conv_rejects_a_tiling_that_does_not_apply():

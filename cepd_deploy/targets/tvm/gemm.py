@@ -34,10 +34,12 @@ from cepd_deploy.targets.tvm.kernel import (
 
 
 def max_acc(nv: int, simd: int = 16) -> int:
-    """Accumulator registers per tile: of 32 with AVX-512, of 16 with AVX2/SSE; fewer when each
-    k step loads two vectors."""
-    regs = 32 if simd >= 16 else 16
-    return (24 if nv == 1 else 16) * regs // 32
+    """Accumulator registers per tile. AVX-512 (32 registers): 24, or 16 when each k step loads
+    two vectors. AVX2/SSE (16 registers): 12 either way, the rest holding the loaded vectors and
+    the broadcast (6 rows x 2 vectors fit)."""
+    if simd >= 16:
+        return 24 if nv == 1 else 16
+    return 12
 
 
 @dataclass(frozen=True)
@@ -54,27 +56,41 @@ class Tiling:
         return f"{self.vec}{self.rows}x{self.lanes}"
 
 
-def tile_cycles(acc: int, loads: int) -> float:
+def tile_cycles(acc: int, loads: int, simd: int = 16) -> float:
     """Relative cost of one k step of a tile: FMA throughput, a latency floor (too few
-    independent accumulators stall), load-port pressure (broadcasts + vector loads)."""
-    return max(acc / 2, 6.0, loads / 2)
+    independent accumulators stall), load-port pressure (broadcasts + vector loads).
+
+    With 16 registers (AVX2) each load weighs a whole step: on Zen 3 a 12 x 8 tile (12
+    broadcasts and a load per 12 FMAs) ran 3x3 convs at 32-40 GMAC/s and 1x1 ones at 49-54,
+    where 6 rows x 2 vectors (8 loads) ran at 51-64 and 60-63 (2 threads); 8 accumulators already
+    cover the FMA latency there."""
+    if simd >= 16:
+        return max(acc / 2, 6.0, loads / 2)
+    return max(acc / 2, 4.0, float(loads))
 
 
 def choose_tiling(o: int, k: int, p: int, simd: int = 16) -> Tiling:
-    """The cheapest register tiling by a small cost model (padding waste x port pressure)."""
+    """The cheapest register tiling by a small cost model (padding waste x port pressure).
+
+    With 16 registers (AVX2) vectors run over output channels only where there are fewer pixels
+    than lanes (a linear layer): on Zen 3 such tiles ran 1x1 convs at 20-47 GMAC/s where the
+    vector over pixels ran at 25-63, at every map size from 56x56 to 7x7."""
+    o_tiles = simd >= 16 or p < simd
     cands: list[tuple[float, Tiling]] = []
     for nv in (1, 2):
         lanes = simd * nv
         for rows in range(1, max_acc(nv, simd) // nv + 1):
-            step = tile_cycles(rows * nv, rows + nv)
+            step = tile_cycles(rows * nv, rows + nv, simd)
             # pixels as vector lanes; a tail costs a padded copy of x and the wasted lanes; two
-            # vectors per row measured slower than one here (Zen 4), whatever the model says
+            # vectors per row measured slower than one with AVX-512 (Zen 4), whatever the model says
             tiles = cdiv(o, rows) * cdiv(p, lanes)
             copy = 0 if p % lanes == 0 else k * p / 4
-            cands.append((tiles * (k * step + 8) * (1.15 if nv > 1 else 1) + copy, Tiling("p", rows, lanes)))
-            tiles = cdiv(o, lanes) * cdiv(p, rows)
-            guard = 1.15 if p % rows else 1.0  # a bounds check on every broadcast
-            cands.append((tiles * (k * step * guard + rows * lanes), Tiling("o", rows, lanes)))
+            two = 1.15 if nv > 1 and simd >= 16 else 1
+            cands.append((tiles * (k * step + 8) * two + copy, Tiling("p", rows, lanes)))
+            if o_tiles:
+                tiles = cdiv(o, lanes) * cdiv(p, rows)
+                guard = 1.15 if p % rows else 1.0  # a bounds check on every broadcast
+                cands.append((tiles * (k * step * guard + rows * lanes), Tiling("o", rows, lanes)))
     return min(cands, key=lambda c: c[0])[1]
 
 
