@@ -16,7 +16,7 @@ from cepd_deploy.errors import CEPDError  # noqa: E402
 from cepd_deploy.plan.ir import Op  # noqa: E402
 from cepd_deploy.targets.tvm import host  # noqa: E402
 from cepd_deploy.targets.tvm.conv import ConvShape, ConvTiling, applies, choose_tiling, conv  # noqa: E402
-from cepd_deploy.targets.tvm.gemm import Tiling, gemm  # noqa: E402
+from cepd_deploy.targets.tvm.gemm import Tiling, gemm, pixel_chunk  # noqa: E402
 from cepd_deploy.targets.tvm.gemm import choose_tiling as gemm_tiling  # noqa: E402
 from cepd_deploy.targets.tvm.kernel import Call, Epi, EpiValues  # noqa: E402
 from cepd_deploy.targets.tvm.simple import concat, eltwise, global_avgpool, permute, pool  # noqa: E402
@@ -90,6 +90,17 @@ def test_targets_are_json_dicts():
 def test_gemm_tilings_with_bias_residual_relu(o, k, p, tiling):
     x, w, b, res = rand(2, k, p), rand(o, k, seed=1), rand(o, seed=2), rand(2, o, p, seed=3)
     call = gemm(2, k, p, w, Epi(bias=True, residual=True, act="relu"), EpiValues(bias=b), tiling=tiling)
+    ref = np.maximum(np.einsum("ok,bkp->bop", w, x) + b[None, :, None] + res, 0)
+    assert rel(run_call(call, [x, res]), ref) <= TOL
+
+
+@pytest.mark.parametrize(("o", "k", "p"), [(13, 8, 300), (24, 40, 520), (7, 1100, 70)])
+def test_gemm_in_pixel_chunks(o, k, p):
+    """The AVX2 schedule: pixel blocks in chunks (a tail chunk and a tail block; K = 1100: one
+    block a chunk), epilogue with the residual."""
+    x, w, b, res = rand(2, k, p), rand(o, k, seed=1), rand(o, seed=2), rand(2, o, p, seed=3)
+    assert pixel_chunk(k, 16, 8) == max(1, min(16, 16384 // (16 * k))) and pixel_chunk(k, 16, 16) == 1
+    call = gemm(2, k, p, w, Epi(bias=True, residual=True, act="relu"), EpiValues(bias=b), simd=8)
     ref = np.maximum(np.einsum("ok,bkp->bop", w, x) + b[None, :, None] + res, 0)
     assert rel(run_call(call, [x, res]), ref) <= TOL
 
