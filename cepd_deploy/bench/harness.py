@@ -101,7 +101,7 @@ def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
     from cepd_deploy.model.format import resolve
     from cepd_deploy.plan.cost import totals
 
-    kw = allocation_kwargs(allocation, threads)
+    kw = allocation_kwargs(allocation, threads, progress=progress)
     suffix = f"-{TAGS[allocation]}" if TAGS[allocation] else ""
     base, one, _ = resolve(arch, **(source or {}))
     shape = (batch, *one[1:])
