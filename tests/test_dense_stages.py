@@ -99,6 +99,7 @@ def test_dense_stages_errors(resnet20):
         dense_stages(resnet20, SHAPE, "tvm", progress=False)
     plan_dense = dense_stages(cd.build_model("resnet20"), SHAPE, "onnxruntime", progress=False)
     assert plan_dense.names == () and plan_dense.candidates == ((0, (), 0.0),)  # nothing to choose
+    assert plan_dense.describe() == "no CEPD layers: nothing to run dense"
 
 
 def _json(capsys, *args):

@@ -59,6 +59,8 @@ class DenseStages:
 
     def describe(self) -> str:
         """One line: what runs dense and the measured times."""
+        if len(self.candidates) == 1:
+            return "no CEPD layers: nothing to run dense"
         base = self.candidates[0][2]
         chosen = next(c for c in self.candidates if c[1] == self.names)
         times = ", ".join(f"{len(n)} dense {ms:.1f} ms" for _, n, ms in self.candidates)
