@@ -123,7 +123,10 @@ def test_export_applies_the_measured_stages(tmp_path, capsys, resnet20):
     assert "dense_stages" not in plain
 
 
-@pytest.mark.skipif(not ol.available(), reason="the custom-op library was not built")
+NO_LIBRARY = "no C++17 compiler or onnxruntime C API header here: the custom-op library was not built"
+
+
+@pytest.mark.skipif(not ol.available(), reason=NO_LIBRARY)
 def test_fused_export_and_bench_measure_on_the_library(tmp_path, capsys, resnet20):
     path = tmp_path / "r20.pt"
     cd.save(resnet20, path, input_shape=SHAPE)

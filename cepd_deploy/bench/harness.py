@@ -75,12 +75,12 @@ class Variant:
     flops_remaining: float
     params_remaining: float
     model: object = None  # the nn.Module (lowered again where a target runs some layers dense)
-    #: target -> (its Plan with the layers that run faster dense there, the DenseStages measured)
+    #: target -> the dense stages measured there (``DenseStages``: the layers and the Plan to run)
     runs: dict = field(default_factory=dict)
 
     def plan_for(self, target: str):
         """The Plan ``target`` runs: :attr:`plan`, or the one with its measured dense stages."""
-        return self.runs[target][0] if target in self.runs else self.plan
+        return self.runs[target].plan if target in self.runs else self.plan
 
 
 def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
@@ -227,7 +227,7 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
         details = {"repeats": repeats, "threads": threads, "min_ms": min(ts), "max_ms": max(ts),
                    "cpu_ms": statistics.median(cpu[(target, label)])}  # fmt: skip
         if target in by_label[label].runs:
-            details["dense_stages"] = by_label[label].runs[target][1].to_json()
+            details["dense_stages"] = by_label[label].runs[target].to_json()
         row = _row(arch, by_label[label], target, "measured", statistics.median(ts), details)
         peak = peaks.get((target, label), {})
         row.peak_rss_mb, row.model_rss_mb = peak.get("peak_rss_mb"), peak.get("model_rss_mb")
@@ -240,7 +240,6 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
 def _measure_dense_stages(variants: list[Variant], threads: int, progress: bool) -> None:
     """Fill each CEPD variant's run on the library target with its measured dense stages."""
     from cepd_deploy.frontend.dense_stages import dense_stages
-    from cepd_deploy.frontend.lower import lower
     from cepd_deploy.targets.onnx import ort_library
 
     if not ort_library.available():  # the target runs the extensions path: no stages measured
@@ -248,10 +247,8 @@ def _measure_dense_stages(variants: list[Variant], threads: int, progress: bool)
     for v in variants:
         if v.label == "dense" or v.model is None:
             continue
-        shape = v.plan.input_shape
-        choice = dense_stages(v.model, shape, FUSED_RUNTIME, threads=threads, progress=progress)
-        plan = lower(v.model, shape, dense=choice.names) if choice.names else v.plan
-        v.runs[FUSED_RUNTIME] = (plan, choice)
+        v.runs[FUSED_RUNTIME] = dense_stages(v.model, v.plan.input_shape, FUSED_RUNTIME, threads=threads,
+                                             progress=progress)  # fmt: skip
 
 
 def _workdir(tmp: str, target: str, label: str) -> Path:

@@ -53,18 +53,16 @@ def run(args: argparse.Namespace) -> int:
     model, shape, label = resolve(args.model, **model_options(args))
     stages = _dense_stages(model, shape, args)
     plan = lower(model, shape)
-    totals_model = totals(plan)
-    if stages is not None and stages.names:
-        plan = lower(model, shape, dense=stages.names)
-    proto = to_model(prepare(plan), fused=args.fused, name=out.stem)
+    file_plan = stages.plan if stages is not None else plan  # what the file computes
+    proto = to_model(prepare(file_plan), fused=args.fused, name=out.stem)
     result = {"model": label, "output": str(out), "format": args.format, "fused": args.fused,
-              "input_shape": list(shape), "totals": totals_model}  # fmt: skip
+              "input_shape": list(shape), "totals": totals(plan)}  # fmt: skip
     if stages is not None:
-        result["dense_stages"] = stages.to_json() | {"run_totals": totals(plan)}
+        result["dense_stages"] = stages.to_json() | {"run_totals": totals(file_plan)}
     if args.verify:  # the file is written only once the model passes
         from cepd_deploy.targets.onnx.verify import compare, summary
 
-        checks = compare(plan, proto, model, samples=max(1, args.samples))
+        checks = compare(file_plan, proto, model, samples=max(1, args.samples))
         result["verify"] = summary(checks)
         result["checks"] = [c.as_dict() for c in checks]
     written = not args.verify or result["verify"]["ok"]
@@ -81,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if stages is not None:
             print(f"  {stages.describe()}")
         if args.verify:
-            for c in (c for c in result["checks"] if c["value"] == plan.output):
+            for c in (c for c in result["checks"] if c["value"] == file_plan.output):
                 print(f"  output {c['value']} vs {c['against']}: max abs error {c['max_abs_error']:.3g}"
                       f" (max|y| {c['max_abs_ref']:.3g})")  # fmt: skip
             v = result["verify"]

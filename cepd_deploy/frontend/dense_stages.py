@@ -26,7 +26,7 @@ import json
 import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +44,15 @@ RUNTIMES = ("onnxruntime", "onnxruntime-native")
 
 @dataclass(frozen=True)
 class DenseStages:
-    """The chosen layers (``names``, to run dense) and what every candidate measured."""
+    """The chosen layers (``names``, to run dense), what every candidate measured, and the Plan
+    to run (the model lowered with ``names`` dense)."""
 
     runtime: str
     names: tuple[str, ...]
     #: per candidate, largest output map first: (smallest map run dense in pixels, or 0 for none;
     #: its layers; its time in ms)
     candidates: tuple[tuple[int, tuple[str, ...], float], ...]
+    plan: Plan = field(repr=False, compare=False)
 
     def to_json(self) -> dict:
         return {"runtime": self.runtime, "dense_layers": list(self.names),
@@ -102,17 +104,18 @@ def dense_stages(
     plan = lower(model, input_shape)
     cands = stages(plan)
     if len(cands) == 1:
-        return DenseStages(runtime, (), ((0, (), 0.0),))
+        return DenseStages(runtime, (), ((0, (), 0.0),), plan)
     bar = tqdm(cands, desc="dense stages: build", disable=not progress, unit="model")
+    plans = [lower(model, input_shape, dense=names) if names else plan for _, names in bar]
     with tempfile.TemporaryDirectory(prefix="cepd-stages-") as tmp:
-        runs = [_session(lower(model, input_shape, dense=names), fused, threads, tmp) for _, names in bar]
+        runs = [_session(p, fused, threads, tmp) for p in plans]
         ms = _time(runs, plan.input_shape, rounds, progress)
     best = 0
     for k in range(1, len(cands)):
         if ms[k] < ms[best] * (1 - margin):
             best = k
     measured = tuple((s, names, t) for (s, names), t in zip(cands, ms))
-    return DenseStages(runtime, cands[best][1], measured)
+    return DenseStages(runtime, cands[best][1], measured, plans[best])
 
 
 def _session(plan: Plan, fused: bool, threads: int, profile_dir: str):
