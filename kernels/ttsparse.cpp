@@ -243,10 +243,8 @@ struct Isa {
   cepd::Split2Fn split2;
   cepd::WinoInFn wino_in;
   cepd::WinoOutFn wino_out;
-  // Whether Winograd for S can pay with this build (auto mode): measured with AVX-512 only. The
-  // AVX2 build's input transform keeps its 16-lane vectors on the stack, and S by Winograd there
-  // took a 28 x 28 layer with 13 filters from 1.20 to 1.71 ms and a 14 x 14 one with 26 from 1.17
-  // to 1.56 ms (AMD EPYC Zen 3, 2 threads), so auto leaves it off on AVX2, NEON and generic builds.
+  // Whether Winograd for S can pay with this build (auto mode): measured with AVX-512 and AVX2
+  // (see winograd_mode); the NEON and generic builds keep the direct window (unmeasured there).
   bool wino_pays = false;
 };
 
@@ -260,7 +258,7 @@ Isa isa_for(int level) {
     case 1:
       return Isa{&cepd_tile_avx2::tile, &cepd_tile_avx2::finish, &cepd_tile_avx2::tile_finish,
                  &cepd_tile_avx2::copy_rows, &cepd_tile_avx2::split2,
-                 &cepd_tile_avx2::wino_in, &cepd_tile_avx2::wino_out};
+                 &cepd_tile_avx2::wino_in, &cepd_tile_avx2::wino_out, true};
 #elif defined(CEPD_NEON_TILES)
     case 1:
       return Isa{&cepd_tile_neon::tile, &cepd_tile_neon::finish, &cepd_tile_neon::tile_finish,
@@ -625,8 +623,9 @@ void stepwise(Layer& L, int s0, int s1, const std::function<Src(size_t, int)>& s
 // Winograd for S (3x3 stride-1 windows): 1 auto (where it pays, on builds where it can (see
 // Isa::wino_pays): with AVX-512, in whole ResNet-50 runs it took 10-13% off each 14 x 14 layer
 // with 26 filters and 3-4% off each 28 x 28 one with 13, but cost 3% at 7 x 7, where 2 x 2 tiles
-// overhang the map, and 10% with 6-7 filters, too few to pay for x's transform), 0 never, 2
-// always (tests).
+// overhang the map, and 10% with 6-7 filters, too few to pay for x's transform; with AVX2 (Zen 3)
+// 9-17% off a 14 x 14 layer alone, 2-3% off a 28 x 28 one, 11% slower with 6 filters at 56 x 56),
+// 0 never, 2 always (tests).
 int winograd_mode = 1;
 constexpr int WC = 64;  // channels per chunk of x's transform (4 x WC rows of WP floats)
 constexpr int WP = 64;  // a row of the transform: 16 floats of slack, NR tiles, 16 of slack
