@@ -5,13 +5,16 @@
 
 On a shared machine two runs of one build differ by more than most kernel changes do, so builds
 are only compared side by side: each library file is loaded (a copy per path), every model gets a
-session per build, and the rounds interleave dense, then each point's builds in turn (each run
-warmed by an untimed one). Prints, per point: the median over rounds of each build's time over
-the first build's (paired, same round) and, from onnxruntime's profile (10th percentile of each
-node over the rounds), the time of each stage and of each kind of layer (``layerN relu``: the
-blocks' first conv, ``relu_1`` their KxK, ``relu_2`` their last 1x1 with the residual), with
-every build over the first. The installed library is the last build unless ``--no-installed``.
-Layers a change does not touch show the noise of the run. Uniform allocation, batch 1, 224x224.
+session per build (set up as ``build_session(..., native=True)`` does: unsupported layers as
+standard ops, dense 1x1 convs after native layers moved onto the kernel), and the rounds
+interleave dense, then each point's builds in turn (each run warmed by an untimed one). Prints,
+per point: the median over rounds of each build's time over the first build's (paired, same
+round) and, from onnxruntime's profile (10th percentile of each node over the rounds), the time
+of each stage and of each kind of layer (``layerN relu``: the blocks' first conv, ``relu_1``
+their KxK, ``relu_2`` their last 1x1 with the residual), with every build over the first. The
+installed library is the last build unless ``--no-installed``.
+Layers a change does not touch show the noise of the run. Uniform allocation unless
+``--allocation`` says otherwise, batch 1, 224x224.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from onnx_cases import SHAPE, cepd_resnet50, input_array  # noqa: E402
 
 import cepd_deploy as cd  # noqa: E402
 from cepd_deploy.bench.machine import describe, machine_info  # noqa: E402
+from cepd_deploy.frontend.allocation import ALLOCATIONS  # noqa: E402
 from cepd_deploy.targets.onnx import ort_library, prepare, to_model  # noqa: E402
 from cepd_deploy.targets.onnx.session import session_options  # noqa: E402
 
@@ -88,6 +92,8 @@ def main() -> None:
     ap.add_argument("--points", type=float, nargs="+", default=[0.663, 0.461])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                    help="the CEPD models' rank allocation (a latency-aware one is measured on first use)")
     args = ap.parse_args()
     libs = [str(Path(p).resolve()) for p in args.libraries]
     if not args.no_installed:
@@ -98,7 +104,8 @@ def main() -> None:
     dense = to_model(prepare(cd.lower(cd.build_model("resnet50").eval(), SHAPE)))
     runs = {"dense": _session(dense, None, args.threads, profiles)}
     for f in args.points:
-        fused = to_model(prepare(cd.lower(cepd_resnet50(f), SHAPE)), fused=True)
+        model = cepd_resnet50(f, allocation=args.allocation, threads=args.threads)
+        fused = ort_library.native_model(to_model(prepare(cd.lower(model, SHAPE)), fused=True))
         for i, lib in enumerate(libs):
             runs[(f, i)] = _session(fused, lib, args.threads, profiles)
     x = input_array()

@@ -53,6 +53,66 @@ def test_a_layer_that_is_slow_when_compressed_stays_dense():
     assert type(uniform.get_submodule(slow)).__name__ == "CEPDConv2d"
 
 
+def test_the_second_allocation_uses_in_model_times():
+    # a latency model whose layers all look cheap compressed alone, but one of which ran 100x
+    # slower inside the first allocation's model: the second allocation keeps it dense
+    slow = "layer2.0.conv1"
+
+    class Latency:
+        seen = []
+
+        def many(self, pairs):
+            return [p.in_channels * p.out_channels * (0.1 if r else 1.0) for p, r in pairs]
+
+        def in_model(self, model, input_shape, chosen):
+            self.seen.append((model, tuple(input_shape), chosen))
+            assert type(model.get_submodule(slow)).__name__ == "CEPDConv2d"  # the first allocation
+            probe = chosen[slow][0]
+            return lambda p, r: 100.0 if (p == probe and r is not None) else 1.0
+
+    lat = Latency()
+    model = convert(build_model("resnet20"), flops_remaining=0.6, latency=lat)
+    assert _flops(model) == pytest.approx(0.6, abs=0.01)
+    (first, shape, chosen), = lat.seen
+    assert shape == SHAPE and set(chosen) >= {slow} and first is not model
+    assert type(model.get_submodule(slow)).__name__ == "Conv2d"
+    # layers of the same shape share a probe, so they are all kept dense
+    same = [n for n, (p, _) in chosen.items() if p == chosen[slow][0]]
+    assert all(type(model.get_submodule(n)).__name__ == "Conv2d" for n in same)
+
+
+def test_layer_times_of_whole_runs_cover_every_layer(tmp_path):
+    from cepd_deploy.targets.onnx import build_session, ort_library, prepare, to_model
+    from cepd_deploy.targets.onnx.profile import layer_times, node_times
+
+    dense = lower(build_model("resnet20").eval(), SHAPE)
+    cepd = lower(convert(build_model("resnet20"), flops_remaining=0.5).eval(), SHAPE)
+    sessions = [build_session(to_model(prepare(dense)), 1, profile=tmp_path),
+                build_session(to_model(prepare(cepd), fused=True), 1, profile=tmp_path,
+                              native="library" if ort_library.available() else False)]  # fmt: skip
+    for plan, nodes in zip((dense, cepd), node_times(sessions, SHAPE, 3)):
+        layers = layer_times(plan, nodes)
+        convs = [n for n, info in plan.layers.items() if info.kind in ("conv", "cepd")]
+        assert convs and all(layers.get(n, 0) > 0 for n in convs), sorted(set(convs) - set(layers))
+        assert sum(layers.values()) <= sum(nodes.values()) + 1e-9
+    assert not list(tmp_path.iterdir())  # the profiles are read and removed
+
+
+def test_measured_in_model_scale_compares_whole_runs_with_probes(tmp_path):
+    from cepd_deploy.frontend.allocation import OrtLatency
+    from cepd_deploy.frontend.convert import layer_probes
+
+    lat = OrtLatency(threads=1, repeats=3, cache=tmp_path / "lat.json", progress=False)
+    model = convert(build_model("resnet20"), flops_remaining=0.5, latency=lat, rank_multiple=4)
+    probes = layer_probes(model, lower(model, SHAPE))
+    assert probes
+    scale = lat.in_model(model, SHAPE, probes, rounds=3)
+    for probe, ranks in probes.values():
+        assert 0.05 < scale(probe, ranks) < 20  # an in-model time over a single-layer time
+    probe = next(iter(probes.values()))[0]
+    assert scale(probe, None) == 1.0  # no dense layer was timed: no correction
+
+
 def test_measured_onnxruntime_latency_is_cached(tmp_path):
     from cepd_deploy.frontend.allocation import OrtLatency
 

@@ -9,9 +9,11 @@ With a ``latency`` model (e.g. :class:`cepd_deploy.frontend.allocation.OrtLatenc
 single-layer latencies) the same FLOPs/params target is met with the per-layer choices (dense
 or candidate ranks) that minimise the summed latency instead, with the total cost between
 ``WINDOW`` under the target and the target: a knapsack solved by dynamic programming on a
-cost grid. Which layers are compressed, and how hard, then follows what actually costs time on
-the target; accuracy is not modelled, so the fine-tuning step matters as it does for any
-allocation.
+cost grid. Where the latency model can time a whole model (``in_model``), the first allocation
+is run whole and the knapsack solved again with every option scaled by how that layer's chosen
+option ran in the network, not alone. Which layers are compressed, and how hard, then follows
+what actually costs time on the target; accuracy is not modelled, so the fine-tuning step
+matters as it does for any allocation.
 """
 
 from __future__ import annotations
@@ -119,7 +121,13 @@ def convert(
     else:
         metric = "macs" if flops_remaining is not None else "params"
         target = flops_remaining if flops_remaining is not None else params_remaining
-        choices = allocate(dense, convs, target, metric, sparsity, layout, cost, rank_multiple, latency)
+        choices = allocate(dense, convs, target, metric, sparsity, layout, cost, rank_multiple, latency,
+                           trial=lambda c: _apply(copy.deepcopy(model), convs, c))  # fmt: skip
+    return _apply(model, convs, choices)
+
+
+def _apply(model: nn.Module, convs: dict[str, Candidate], choices: dict[str, LayerChoice]) -> nn.Module:
+    """``model`` (changed in place) with the chosen layers replaced by CEPD convs."""
     for name, choice in choices.items():
         _replace(model, name, convs[name].cepd(choice.ranks, choice.kappa, choice.layout))
     if hasattr(model, "cepd_arch"):
@@ -296,8 +304,12 @@ def allocate(
     cost: CostFn = nodes_macs,
     rank_multiple: int = 1,
     latency: LatencyFn | None = None,
+    trial: Callable[[dict[str, LayerChoice]], nn.Module] | None = None,
 ) -> dict[str, LayerChoice]:
-    """Per-layer ranks whose total ``metric`` ("macs" or "params") is ``target`` x dense."""
+    """Per-layer ranks whose total ``metric`` ("macs" or "params") is ``target`` x dense. With a
+    ``latency`` that has ``in_model`` (:class:`~cepd_deploy.frontend.allocation.OrtLatency`) and
+    ``trial`` (choices -> the converted model), the latency allocation runs twice: the second with
+    every option scaled by how the first allocation's layers ran in the whole model."""
     if not 0.0 < target <= 1.0:
         raise CEPDError(f"the {metric} target must be in (0, 1], got {target}")
     base = totals(dense)
@@ -342,7 +354,14 @@ def allocate(
     goal = target * total_dense
     if latency is not None:  # least latency with the total within WINDOW under the goal
         lats = _latencies(rows, probes, latency)  # measured only once the target is known reachable
-        sel = _least_latency(rows, lats, goal - fixed, goal - fixed - WINDOW * total_dense)
+        budget, floor = goal - fixed, goal - fixed - WINDOW * total_dense
+        sel = _least_latency(rows, lats, budget, floor)
+        if trial is not None and hasattr(latency, "in_model"):  # again, with in-model times
+            chosen = {row[0]: (probe, row[2][k][1]) for row, probe, k in zip(rows, probes, sel)}
+            scale = latency.in_model(trial(_chosen(rows, sel, layout)), dense.input_shape, chosen)
+            lats = [[t * scale(probe, r) for t, (_, r) in zip(ts, row[2])]
+                    for ts, row, probe in zip(lats, rows, probes)]  # fmt: skip
+            sel = _least_latency(rows, lats, budget, floor)
     else:
         sel = _uniform(rows, pick, total, goal)
     achieved = total(sel) / total_dense
@@ -351,11 +370,13 @@ def allocate(
             f"{metric} target {target:.3f} cannot be met within {TOLERANCE:.0%}: "
             f"the closest reachable is {achieved:.3f}"
         )
-    return {
-        rows[i][0]: LayerChoice(rows[i][2][k][1], rows[i][3], layout)
-        for i, k in enumerate(sel)
-        if rows[i][2][k][1] is not None
-    }
+    return _chosen(rows, sel, layout)
+
+
+def _chosen(rows, sel: list[int], layout: str) -> dict[str, LayerChoice]:
+    """The CEPD layers of a selection (one option per row; dense options left out)."""
+    return {rows[i][0]: LayerChoice(rows[i][2][k][1], rows[i][3], layout)
+            for i, k in enumerate(sel) if rows[i][2][k][1] is not None}  # fmt: skip
 
 
 def _uniform(rows, pick, total, goal: float) -> list[int]:

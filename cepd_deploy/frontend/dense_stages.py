@@ -22,20 +22,18 @@ is never slower than the dense rebuild beyond the timing noise.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 from torch import nn
 from tqdm import tqdm
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.frontend.lower import lower
 from cepd_deploy.plan.ir import Plan
+from cepd_deploy.targets.onnx.profile import node_times
 
 #: runtimes the choice can be measured on: the portable export on stock onnxruntime, the fused
 #: export on the custom-op library (the bench targets of the same names)
@@ -109,7 +107,8 @@ def dense_stages(
     plans = [lower(model, input_shape, dense=names) if names else plan for _, names in bar]
     with tempfile.TemporaryDirectory(prefix="cepd-stages-") as tmp:
         runs = [_session(p, fused, threads, tmp) for p in plans]
-        ms = _time(runs, plan.input_shape, rounds, progress)
+        times = node_times(runs, plan.input_shape, rounds, progress=progress, desc="dense stages: time")
+        ms = [sum(t.values()) for t in times]  # per-node 10th percentiles, summed
     best = 0
     for k in range(1, len(cands)):
         if ms[k] < ms[best] * (1 - margin):
@@ -123,22 +122,3 @@ def _session(plan: Plan, fused: bool, threads: int, profile_dir: str):
 
     model = to_model(prepare(plan), fused=fused)
     return build_session(model, threads, native="library" if fused else False, profile=profile_dir)
-
-
-def _time(sessions: list, shape: tuple[int, ...], rounds: int, progress: bool) -> list[float]:
-    """Per session: the sum over its nodes of each node's 10th percentile over ``rounds``
-    interleaved rounds (onnxruntime's profile), in ms. Steadier on a shared machine than whole
-    runs: a burst of other work slows a few nodes of a run, and a node's low percentile drops it."""
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for _ in tqdm(range(rounds), desc="dense stages: time", disable=not progress, unit="round"):
-        for sess, feed in zip(sessions, feeds):
-            sess.run(None, feed)
-    out = []
-    for sess in sessions:
-        per: dict[str, list[float]] = {}
-        for event in json.loads(Path(sess.end_profiling()).read_text()):
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                per.setdefault(event["name"], []).append(event["dur"])
-        out.append(sum(float(np.percentile(v, 10)) for v in per.values()) / 1e3)
-    return out
