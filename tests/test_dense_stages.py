@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -142,3 +143,93 @@ def test_fused_export_and_bench_measure_on_the_library(tmp_path, capsys, resnet2
     off = run_bench(str(path), targets=("onnxruntime-native",), repeats=1, warmup=0, progress=False,
                        dense_stages=False)  # fmt: skip
     assert all("dense_stages" not in r.details for r in off)
+
+
+@pytest.mark.skipif(not ol.available(), reason=NO_LIBRARY)
+def test_layers_marked_standard_run_on_onnxruntime_with_the_same_result():
+    """``mark_standard``: the marked CEPD layers run their function bodies, the marked dense 1x1
+    convs stay onnxruntime's, the others stay on the kernel; the output does not change."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 24, 3, padding=1), bn(24), torch.nn.ReLU(),
+                              torch.nn.Conv2d(24, 32, 1), bn(32), torch.nn.ReLU(),  # stays dense
+                              torch.nn.Conv2d(32, 32, 3, padding=1), bn(32), torch.nn.ReLU(),
+                              torch.nn.Conv2d(32, 16, 1), torch.nn.ReLU()).eval()  # fmt: skip
+    for m in net.modules():
+        if isinstance(m, bn):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    layers = {"2": {"ranks": [8, 8]}, "8": {"ranks": [8, 8]}, "11": {"ranks": [4, 4]}}
+    model = cd.convert(net, config={"layers": layers}, input_shape=SHAPE).eval()
+    plan = cd.lower(model, SHAPE)
+    fused = to_model(plan, fused=True)
+    native = ol.native_model(fused)
+    cepd = {n.overload for n in native.graph.node if ol.is_native(n) and n.overload}
+    moved = {n.name.split("/", 1)[0] for n in native.graph.node if ol.is_native(n) and not n.overload}
+    assert len(cepd) == 3 and moved == {"5"}  # the dense 1x1 conv moves onto the kernel
+    marked = sorted(cepd)[:2] + ["5"]
+    mixed = ol.native_model(ol.mark_standard(to_model(plan, fused=True), marked))
+    assert ol.standard_layers(mixed) == frozenset(marked)
+    on_kernel = {n.overload or n.name.split("/", 1)[0] for n in mixed.graph.node if ol.is_native(n)}
+    assert on_kernel == (cepd | moved) - set(marked)
+    assert sum(n.op_type == ol.REF_OP for n in mixed.graph.node) == 2
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    for chosen in ((), marked):
+        sess = build_session(ol.mark_standard(to_model(plan, fused=True), chosen), 1, native="library")
+        assert np.abs(run_session(sess, x) - ref).max() <= 1e-4 * np.abs(ref).max()
+        assert len(sess.cepd_native_layers) == len(cepd | moved) - len(chosen)
+    bad = ol.mark_standard(to_model(plan, fused=True), ["x"])
+    bad.metadata_props[0].value = "{not json"
+    with pytest.raises(CEPDError, match="not a JSON list of layer names"):
+        ol.native_model(bad)
+
+
+@pytest.mark.skipif(not ol.available(), reason=NO_LIBRARY)
+def test_standard_layers_follow_the_margins(resnet20, monkeypatch):
+    from cepd_deploy.frontend import dense_stages as ds
+
+    plan = cd.lower(resnet20, SHAPE)
+    monkeypatch.setattr(ds, "LAYER_MARGIN", 1.0)  # onnxruntime never 100% faster: the kernel keeps all
+    names, (a, b) = ds.standard_layers(plan, threads=1, rounds=3, progress=False)
+    assert names == () and a == b > 0
+    monkeypatch.setattr(ds, "LAYER_MARGIN", -10.0)  # every layer "faster" on onnxruntime
+    names, (a, b) = ds.standard_layers(plan, threads=1, rounds=3, margin=-10.0, progress=False)
+    native = ol.native_model(to_model(plan, fused=True))
+    assert set(names) == {n.overload or n.name.split("/", 1)[0] for n in native.graph.node if ol.is_native(n)}
+    assert a > 0 and b > 0
+    names, _ = ds.standard_layers(plan, threads=1, rounds=3, margin=10.0, progress=False)
+    assert names == ()  # the mix must be 10x faster whole: kept on the kernel
+    chosen = ds.dense_stages(resnet20, SHAPE, "onnxruntime-native", threads=1, rounds=3, progress=False)
+    assert chosen.standard_ms is not None and "standard_layers" in chosen.to_json()
+    assert "left to onnxruntime" in chosen.describe()
+
+
+@pytest.mark.skipif(not ol.available(), reason=NO_LIBRARY)
+def test_the_native_target_and_bench_apply_standard_layers(tmp_path, resnet20, monkeypatch):
+    from cepd_deploy import targets
+    from cepd_deploy.bench.adapters import runner
+    from cepd_deploy.frontend import dense_stages as ds
+
+    plan = cd.lower(resnet20, SHAPE)
+    target = targets.get("onnxruntime-native")
+    layer = sorted(_cepd(plan))[0]
+    assert target.options({"standard_layers": (layer,)}).standard_layers == (layer,)
+    run = runner("onnxruntime-native", plan, 1, tmp_path, {"standard_layers": (layer,)})
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    with torch.no_grad():
+        ref = resnet20(torch.from_numpy(x)).numpy()
+    assert np.abs(run(x) - ref).max() <= 1e-4 * np.abs(ref).max()
+    written = [p for p in tmp_path.rglob("*.onnx")]
+    assert written and all(ol.standard_layers(onnx.load(str(p))) == {layer} for p in written)
+    path = tmp_path / "r20.pt"
+    cd.save(resnet20, path, input_shape=SHAPE)
+    assert main(["build", str(path), "--target", "onnxruntime-native", "-o", str(tmp_path / "b"),
+                 "--standard-layers", f" {layer}, "]) == 0  # fmt: skip
+    built = list((tmp_path / "b").rglob("*.onnx"))
+    assert built and all(ol.standard_layers(onnx.load(str(p))) == {layer} for p in built)
+    monkeypatch.setattr(ds, "standard_layers", lambda *a, **k: ((layer,), (2.0, 1.0)))
+    rows = run_bench(str(path), targets=("onnxruntime-native",), repeats=1, warmup=0, progress=False)
+    cepd = next(r for r in rows if r.model.endswith("-cepd"))
+    assert cepd.details["dense_stages"]["standard_layers"] == [layer]

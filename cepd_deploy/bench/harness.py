@@ -82,6 +82,10 @@ class Variant:
         """The Plan ``target`` runs: :attr:`plan`, or the one with its measured dense stages."""
         return self.runs[target].plan if target in self.runs else self.plan
 
+    def options_for(self, target: str) -> dict:
+        """``target``'s options: the layers its measured choice leaves to onnxruntime, if any."""
+        return {"standard_layers": self.runs[target].standard} if target in self.runs else {}
+
 
 def build_variants(arch: str, points, *, batch: int = 1, progress: bool = True,
                    allocation: str = "uniform", threads: int = 2, source: dict | None = None,
@@ -202,8 +206,9 @@ def _measure(arch, variants, targets, threads, repeats, warmup, progress, memory
         runners = {}
         for target in targets:
             for v in tqdm(variants, desc=f"prepare {target}", disable=not progress, unit="model"):
-                plan = v.plan_for(target)
-                runners[(target, v.label)] = runner(target, plan, threads, _workdir(tmp, target, v.label))
+                plan, options = v.plan_for(target), v.options_for(target)
+                work = _workdir(tmp, target, v.label)
+                runners[(target, v.label)] = runner(target, plan, threads, work, options)
         times = {key: [] for key in runners}
         cpu = {key: [] for key in runners}  # process CPU time (all threads): steadier on a shared machine
         for _ in range(warmup):

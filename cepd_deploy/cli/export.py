@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     plan = lower(model, shape)
     file_plan = stages.plan if stages is not None else plan  # what the file computes
     proto = to_model(prepare(file_plan), fused=args.fused, name=out.stem)
+    if stages is not None and stages.standard:  # layers the library leaves to onnxruntime
+        from cepd_deploy.targets.onnx.ort_library import mark_standard
+
+        mark_standard(proto, stages.standard)
     result = {"model": label, "output": str(out), "format": args.format, "fused": args.fused,
               "input_shape": list(shape), "totals": totals(plan)}  # fmt: skip
     if stages is not None:

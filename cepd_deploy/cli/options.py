@@ -21,7 +21,7 @@ def add_target_options(p: argparse.ArgumentParser, targets: Sequence[Target]) ->
     for name, (f, users) in fields.items():
         meta, default = f.metadata, f.default
         where = "" if len(users) == len(targets) else f" [{', '.join(users)}]"
-        shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
+        shown = "" if default in (None, ()) or isinstance(default, bool) else f" (default {default})"
         kw: dict = {"default": None, "help": f"{meta.get('help', '')}{shown}{where}".replace("%", "%%")}
         if isinstance(default, bool):
             kw["action"] = "store_true"

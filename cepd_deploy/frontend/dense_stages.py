@@ -16,12 +16,22 @@ timed node by node; the fastest wins, and a candidate with more dense layers has
 ``margin`` than one with fewer. Running everything dense is a candidate, so the chosen program
 is never slower than the dense rebuild beyond the timing noise.
 
+On the custom-op library a second choice follows, per layer: whether the kernel or onnxruntime's
+own ops run it (the fused node's function body; for a dense 1x1 conv, leaving it where
+onnxruntime put it). The chosen program is run whole on both and timed node by node; the layers
+onnxruntime ran at least ``LAYER_MARGIN`` faster are left to it, and that mix is kept only if it
+runs faster whole (by ``margin``) than the kernel running every layer it can. Measured on CEPD
+ResNet-50 (46.1% FLOPs, library-latency allocation, AVX2 Zen 3, 2 threads), onnxruntime was the
+faster runtime for the stride-2 layers and the small-rank 1x1 layers on deep inputs, and for the
+dense 1x1 convs the library would move onto the kernel (see docs/onnx.md for the figures).
+
 >>> choice = dense_stages(model, (1, 3, 224, 224), "onnxruntime-native")  # doctest: +SKIP
 >>> plan = lower(model, (1, 3, 224, 224), dense=choice.names)             # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +48,8 @@ from cepd_deploy.targets.onnx.profile import node_times
 #: runtimes the choice can be measured on: the portable export on stock onnxruntime, the fused
 #: export on the custom-op library (the bench targets of the same names)
 RUNTIMES = ("onnxruntime", "onnxruntime-native")
+#: a layer is left to onnxruntime where its own ops ran it at least this much faster (in-model)
+LAYER_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,11 +63,20 @@ class DenseStages:
     #: its layers; its time in ms)
     candidates: tuple[tuple[int, tuple[str, ...], float], ...]
     plan: Plan = field(repr=False, compare=False)
+    #: the library only: layers left to onnxruntime's own ops (``ort_library.mark_standard``), and
+    #: (ms with the kernel on every layer it runs, ms with those left to onnxruntime), if measured
+    standard: tuple[str, ...] = ()
+    standard_ms: tuple[float, float] | None = None
 
     def to_json(self) -> dict:
-        return {"runtime": self.runtime, "dense_layers": list(self.names),
-                "candidates": [{"min_map_pixels": s, "layers": len(n), "ms": round(ms, 3)}
-                               for s, n, ms in self.candidates]}  # fmt: skip
+        out = {"runtime": self.runtime, "dense_layers": list(self.names),
+               "candidates": [{"min_map_pixels": s, "layers": len(n), "ms": round(ms, 3)}
+                              for s, n, ms in self.candidates]}  # fmt: skip
+        if self.standard_ms is not None:
+            out["standard_layers"] = list(self.standard)
+            out["standard_ms"] = {"kernel_everywhere": round(self.standard_ms[0], 3),
+                                  "with_standard_layers": round(self.standard_ms[1], 3)}  # fmt: skip
+        return out
 
     def describe(self) -> str:
         """One line: what runs dense and the measured times."""
@@ -65,9 +86,15 @@ class DenseStages:
         chosen = next(c for c in self.candidates if c[1] == self.names)
         times = ", ".join(f"{len(n)} dense {ms:.1f} ms" for _, n, ms in self.candidates)
         if not self.names:
-            return f"every CEPD layer runs as CEPD on {self.runtime} (measured: {times})"
-        return (f"{len(self.names)} CEPD layer(s) on maps of {chosen[0]} pixels and more run dense on "
-                f"{self.runtime}, {base / chosen[2]:.2f}x faster than none (measured: {times})")  # fmt: skip
+            line = f"every CEPD layer runs as CEPD on {self.runtime} (measured: {times})"
+        else:
+            line = (f"{len(self.names)} CEPD layer(s) on maps of {chosen[0]} pixels and more run "
+                    f"dense on {self.runtime}, {base / chosen[2]:.2f}x faster than none (measured: {times})")
+        if self.standard_ms is not None:
+            a, b = self.standard_ms
+            line += (f"; {len(self.standard)} layer(s) left to onnxruntime's own ops (kernel everywhere "
+                     f"{a:.1f} ms, with them left {b:.1f} ms)")  # fmt: skip
+        return line
 
 
 def stages(plan: Plan) -> list[tuple[int, tuple[str, ...]]]:
@@ -114,7 +141,42 @@ def dense_stages(
         if ms[k] < ms[best] * (1 - margin):
             best = k
     measured = tuple((s, names, t) for (s, names), t in zip(cands, ms))
-    return DenseStages(runtime, cands[best][1], measured, plans[best])
+    chosen = DenseStages(runtime, cands[best][1], measured, plans[best])
+    if not fused:
+        return chosen
+    names, both = standard_layers(plans[best], threads=threads, rounds=rounds, margin=margin,
+                                  progress=progress)  # fmt: skip
+    return dataclasses.replace(chosen, standard=names, standard_ms=both)
+
+
+def standard_layers(plan: Plan, *, threads: int = 2, rounds: int = 30, margin: float = 0.02,
+                    progress: bool = True) -> tuple[tuple[str, ...], tuple[float, float]]:  # fmt: skip
+    """The layers of ``plan``'s fused export that the custom-op library should leave to
+    onnxruntime's own ops (see the module docstring), and (ms with the kernel on every layer it
+    runs, ms with the chosen ones left to onnxruntime); () if leaving them was not faster."""
+    from cepd_deploy.targets.onnx import build_session, ort_library, prepare, to_model
+    from cepd_deploy.targets.onnx.profile import layer_times
+
+    fused = to_model(prepare(plan), fused=True)
+    layer_of = {n.name: n.layer for n in plan.nodes}
+    on_kernel = {n.overload or layer_of.get(n.name.split("/", 1)[0], "")
+                 for n in ort_library.native_model(fused).graph.node if ort_library.is_native(n)}  # fmt: skip
+
+    def timed(models: list, native: list, desc: str) -> list[dict[str, float]]:
+        with tempfile.TemporaryDirectory(prefix="cepd-standard-") as tmp:
+            runs = [build_session(m, threads, native="library" if k else False, profile=tmp)
+                    for m, k in zip(models, native)]  # fmt: skip
+            return node_times(runs, plan.input_shape, rounds, progress=progress, desc=desc)
+
+    times = timed([fused, fused], [True, False], "standard layers: time")
+    kernel, standard = (layer_times(plan, t) for t in times)
+    cut = 1 - LAYER_MARGIN
+    names = tuple(sorted(n for n in on_kernel if n in standard and standard[n] < kernel.get(n, 0) * cut))
+    if not names:
+        return (), (sum(kernel.values()),) * 2
+    mixed = ort_library.mark_standard(to_model(prepare(plan), fused=True), names)
+    a, b = (sum(t.values()) for t in timed([fused, mixed], [True, True], "standard layers: check"))
+    return (names if b < a * (1 - margin) else ()), (a, b)
 
 
 def _session(plan: Plan, fused: bool, threads: int, profile_dir: str):

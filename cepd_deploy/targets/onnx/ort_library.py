@@ -35,6 +35,8 @@ from cepd_deploy.targets.onnx.fused import DOMAIN, OP_TYPE
 
 REF_OP = "TTSparseConvRef"  # unsupported layers: the function body, not claimed by the library
 DESC_ATTR = "native_desc"
+#: metadata key of a fused model: the layers :func:`native_model` leaves to onnxruntime (JSON list)
+STANDARD_KEY = "cepd.standard_layers"
 
 
 @lru_cache(maxsize=1)
@@ -77,28 +79,65 @@ def is_native(node: onnx.NodeProto) -> bool:
     return fused and any(a.name == DESC_ATTR for a in node.attribute)
 
 
+def mark_standard(model: onnx.ModelProto, layers) -> onnx.ModelProto:
+    """``model`` (changed in place) marked so that :func:`native_model` leaves ``layers`` (Plan
+    layer names) to onnxruntime's standard ops: the function bodies of their TTSparseConv nodes,
+    and their dense 1x1 convs where they are (the model's metadata, :data:`STANDARD_KEY`)."""
+    import json
+
+    props = {p.key: p.value for p in model.metadata_props if p.key != STANDARD_KEY}
+    if layers:
+        props[STANDARD_KEY] = json.dumps(sorted(layers))
+    onnx.helper.set_model_props(model, props)
+    return model
+
+
+def standard_layers(model: onnx.ModelProto) -> frozenset[str]:
+    """The layers ``model`` is marked to leave to onnxruntime (:func:`mark_standard`)."""
+    import json
+
+    from cepd_deploy.errors import CEPDError
+
+    for p in model.metadata_props:
+        if p.key == STANDARD_KEY:
+            try:
+                names = json.loads(p.value)
+            except ValueError:
+                names = None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise CEPDError(f"the model's {STANDARD_KEY} metadata is not a JSON list of layer names")
+            return frozenset(names)
+    return frozenset()
+
+
 def native_model(model: onnx.ModelProto, *, dense: bool = True) -> onnx.ModelProto:
     """``model`` ready for the library: TTSparseConv nodes the kernel does not support (no
-    ``native_desc``) renamed to :data:`REF_OP`, so their function bodies run; with ``dense``, dense
-    1x1 convs that read a native node's output moved onto the kernel too (:func:`native_dense`).
-    ``model`` itself if nothing changes."""
-    ref = {n.overload for n in model.graph.node
-           if n.domain == DOMAIN and n.op_type == OP_TYPE and not is_native(n)}  # fmt: skip
+    ``native_desc``) or of a layer marked standard (:func:`mark_standard`) renamed to
+    :data:`REF_OP`, so their function bodies run; with ``dense``, dense 1x1 convs that read a
+    native node's output moved onto the kernel too (:func:`native_dense`), except those of layers
+    marked standard. ``model`` itself if nothing changes."""
+    standard = standard_layers(model)
+
+    def to_ref(n: onnx.NodeProto) -> bool:
+        return n.domain == DOMAIN and n.op_type == OP_TYPE and (not is_native(n) or n.overload in standard)
+
+    ref = {n.overload for n in model.graph.node if to_ref(n)}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for n in out.graph.node:
-        if n.domain == DOMAIN and n.op_type == OP_TYPE and not is_native(n):
+        if to_ref(n):
             n.op_type = REF_OP
     for f in out.functions:
         if f.domain == DOMAIN and f.name == OP_TYPE and f.overload in ref:
             f.name = REF_OP
-    moved = native_dense(out) if dense else 0
+    moved = native_dense(out, standard) if dense else 0
     return out if ref or moved else model
 
 
-def native_dense(model: onnx.ModelProto) -> int:
+def native_dense(model: onnx.ModelProto, standard=frozenset()) -> int:
     """Move dense 1x1 convs (with the Add of a residual and a Relu that follow them) that read a
-    native TTSparseConv node's output onto the kernel, in place; returns how many moved. So is
+    native TTSparseConv node's output onto the kernel, in place; returns how many moved. A conv of a
+    layer in ``standard`` stays (its node is named ``<layer>/...``, as the exporters name them). So is
     one that reads what a native node reads too and whose output only native nodes read: its
     input is converted to NCHW for that node anyway, and its output then needs no conversion.
 
@@ -131,7 +170,8 @@ def native_dense(model: onnx.ModelProto) -> int:
     gone: set[int] = set()
     for n in g.node:
         reads = n.input[0] if n.input else None
-        k = _dense_1x1(n, inits, shapes) if reads in native or reads in shared else None
+        mine = n.name.split("/", 1)[0] not in standard
+        k = _dense_1x1(n, inits, shapes) if mine and (reads in native or reads in shared) else None
         if k is None:
             continue
         absorbed, y, residual = [n], n.output[0], None

@@ -10,6 +10,7 @@ model was exported from.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from cepd_deploy.plan.ir import Plan
 
 SUFFIX = "_kernel_time"  # onnxruntime's profile event of a node's kernel
+INLINED = re.compile(r"^_inlfunc_[A-Za-z0-9]+_(?:token_\d+_)?")  # a function body's nodes, inlined
 
 
 def node_times(sessions: list, shape: tuple[int, ...], rounds: int, *, progress: bool = False,
@@ -45,14 +47,15 @@ def node_times(sessions: list, shape: tuple[int, ...], rounds: int, *, progress:
 
 def layer_times(plan: Plan, times: dict[str, float]) -> dict[str, float]:
     """``times`` (node name -> ms) summed per layer of ``plan``. The exporters name an ONNX node
-    ``<Plan node or value>/<op>``; onnxruntime names a node it fuses after its output value and
-    appends ``_nchwc`` to one it moves to its blocked layout. Nodes of no layer (onnxruntime's
-    layout reorders) are left out."""
+    ``<Plan node or value>/<op>``; onnxruntime names a node it fuses after its output value,
+    appends ``_nchwc`` to one it moves to its blocked layout and prefixes the nodes of a function
+    body it inlines (``_inlfunc_<op>_[token_<n>_]``). Nodes of no layer (onnxruntime's layout
+    reorders) are left out."""
     by_name = {n.name: n.layer for n in plan.nodes if n.layer}
     by_value = {n.output: n.layer for n in plan.nodes if n.layer}
     out: dict[str, float] = defaultdict(float)
     for name, t in times.items():
-        head = name.split("/", 1)[0].removesuffix("_nchwc")
+        head = INLINED.sub("", name).split("/", 1)[0].removesuffix("_nchwc")
         layer = by_name.get(head) or by_value.get(head)
         if layer:
             out[layer] += t

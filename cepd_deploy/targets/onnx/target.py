@@ -17,12 +17,13 @@ Light on purpose: onnx, onnxruntime and the exporters are imported by the verbs.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cepd_deploy.errors import CEPDError
 from cepd_deploy.plan.ir import Op, Plan
-from cepd_deploy.targets.base import Built, Kind, Runner, Target
+from cepd_deploy.targets.base import Built, Kind, Runner, Target, option
 
 #: the Plan passes every onnxruntime export runs (applied once, by ``Target.prepare``)
 PASSES = ("merge_pointwise",)
@@ -47,6 +48,19 @@ def export(plan: Plan, path: str | os.PathLike, fused: bool = False) -> Path:
     return save(to_model(prepare(plan), fused=fused, name=path.stem), path)
 
 
+def _layer_names(text: str) -> tuple[str, ...]:
+    return tuple(n for n in (x.strip() for x in text.split(",")) if n)
+
+
+@dataclass(frozen=True)
+class NativeOptions:
+    """Options of ``onnxruntime-native``."""
+
+    standard_layers: tuple[str, ...] = option(
+        (), "layers the custom-op library leaves to onnxruntime's own ops, comma-separated (what "
+        "export --fused and bench measure and apply on this CPU)", type=_layer_names, metavar="L1,L2")
+
+
 class Portable(Target):
     """The Plan as standard ONNX ops (opset 18); base of the fused and native targets."""
 
@@ -64,11 +78,11 @@ class Portable(Target):
         """``out/model.onnx``, written only once onnxruntime's outputs match the reference
         interpreter's (every layer output, max abs error <= 1e-4 x max|y|)."""
         from cepd_deploy.targets.onnx import verify
-        from cepd_deploy.targets.onnx.exporter import save, to_model
+        from cepd_deploy.targets.onnx.exporter import save
         from cepd_deploy.targets.onnx.fused import OP_TYPE
         from cepd_deploy.targets.onnx.ort_library import is_native
 
-        model = to_model(plan, fused=self.fused, name="model")
+        model = self._model(plan, options, "model")
         checks = verify.compare(plan, model, samples=VERIFY_SAMPLES, native=self.native)
         result = verify.summary(checks)
         worst = result["worst"]
@@ -99,12 +113,18 @@ class Portable(Target):
         figures["output"] = str(path)
         return Built(figures, f"wrote {path} ({what})\n{check}")
 
+    def _model(self, plan: Plan, options: Any, name: str):
+        """The ONNX model this target writes for ``plan``."""
+        from cepd_deploy.targets.onnx.exporter import to_model
+
+        return to_model(plan, fused=self.fused, name=name)
+
     def _runner(self, plan: Plan, threads: int, workdir: Path, options: Any) -> Runner:
         """Export into a new folder under ``workdir``; a session with ``threads`` intra-op threads
         (and as many for the native kernel's pool)."""
         import tempfile
 
-        from cepd_deploy.targets.onnx.exporter import save, to_model
+        from cepd_deploy.targets.onnx.exporter import save
         from cepd_deploy.targets.onnx.session import build_session, run_session
 
         try:
@@ -112,7 +132,7 @@ class Portable(Target):
             folder = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=workdir))
         except OSError as exc:
             raise CEPDError(f"cannot create an export folder in {workdir}: {exc.strerror or exc}") from None
-        path = save(to_model(plan, fused=self.fused, name="m"), folder / "m.onnx")
+        path = save(self._model(plan, options, "m"), folder / "m.onnx")
         sess = build_session(path, threads, native=self.native)
 
         def run(x):
@@ -136,3 +156,10 @@ class Native(Fused):
     name = "onnxruntime-native"
     summary = "onnxruntime on this CPU with the CEPD layers on our native kernel (custom-op library)"
     native = True
+    Options = NativeOptions
+
+    def _model(self, plan: Plan, options: Any, name: str):
+        """The fused model, marked to leave ``options.standard_layers`` to onnxruntime's own ops."""
+        from cepd_deploy.targets.onnx.ort_library import mark_standard
+
+        return mark_standard(super()._model(plan, options, name), options.standard_layers)
