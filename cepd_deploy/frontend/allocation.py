@@ -193,8 +193,7 @@ class OrtLatency:
             times = layer_times(plan, node_times([sess], plan.input_shape, rounds, progress=self.progress,
                                                  desc=desc)[0])  # fmt: skip
         ratios: dict[bool, dict[object, list[float]]] = {True: {}, False: {}}  # dense? -> probe -> ratios
-        for name, (probe, ranks) in chosen.items():
-            probe_ms = self.times([(probe, ranks)])[0]
+        for (name, (probe, ranks)), probe_ms in zip(chosen.items(), self.times(list(chosen.values()))):
             if times.get(name) and math.isfinite(probe_ms):
                 ratios[ranks is None].setdefault(probe, []).append(times[name] / probe_ms)
         mean = {kind: {p: statistics.fmean(v) for p, v in r.items()} for kind, r in ratios.items()}

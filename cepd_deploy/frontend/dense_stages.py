@@ -154,13 +154,15 @@ def standard_layers(plan: Plan, *, threads: int = 2, rounds: int = 30, margin: f
     """The layers of ``plan``'s fused export that the custom-op library should leave to
     onnxruntime's own ops (see the module docstring), and (ms with the kernel on every layer it
     runs, ms with the chosen ones left to onnxruntime); () if leaving them was not faster."""
+    import onnx
+
     from cepd_deploy.targets.onnx import build_session, ort_library, prepare, to_model
-    from cepd_deploy.targets.onnx.profile import layer_times
+    from cepd_deploy.targets.onnx.profile import layer_times, node_layer
 
     fused = to_model(prepare(plan), fused=True)
-    layer_of = {n.name: n.layer for n in plan.nodes}
-    on_kernel = {n.overload or layer_of.get(n.name.split("/", 1)[0], "")
-                 for n in ort_library.native_model(fused).graph.node if ort_library.is_native(n)}  # fmt: skip
+    layer_of = node_layer(plan)
+    native = ort_library.native_model(fused)
+    on_kernel = {layer_of(n.name) for n in native.graph.node if ort_library.is_native(n)}
 
     def timed(models: list, native: list, desc: str) -> list[dict[str, float]]:
         with tempfile.TemporaryDirectory(prefix="cepd-standard-") as tmp:
@@ -174,7 +176,9 @@ def standard_layers(plan: Plan, *, threads: int = 2, rounds: int = 30, margin: f
     names = tuple(sorted(n for n in on_kernel if n in standard and standard[n] < kernel.get(n, 0) * cut))
     if not names:
         return (), (sum(kernel.values()),) * 2
-    mixed = ort_library.mark_standard(to_model(prepare(plan), fused=True), names)
+    mixed = onnx.ModelProto()
+    mixed.CopyFrom(fused)
+    ort_library.mark_standard(mixed, names)
     a, b = (sum(t.values()) for t in timed([fused, mixed], [True, True], "standard layers: check"))
     return (names if b < a * (1 - margin) else ()), (a, b)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,18 +46,28 @@ def node_times(sessions: list, shape: tuple[int, ...], rounds: int, *, progress:
     return out
 
 
-def layer_times(plan: Plan, times: dict[str, float]) -> dict[str, float]:
-    """``times`` (node name -> ms) summed per layer of ``plan``. The exporters name an ONNX node
-    ``<Plan node or value>/<op>``; onnxruntime names a node it fuses after its output value,
-    appends ``_nchwc`` to one it moves to its blocked layout and prefixes the nodes of a function
-    body it inlines (``_inlfunc_<op>_[token_<n>_]``). Nodes of no layer (onnxruntime's layout
-    reorders) are left out."""
+def node_layer(plan: Plan) -> Callable[[str], str | None]:
+    """``layer(name)``: the layer of ``plan`` an ONNX node (or its profile entry) belongs to, or
+    None. The exporters name an ONNX node ``<Plan node or value>/<op>``; onnxruntime names a node it
+    fuses after its output value, appends ``_nchwc`` to one it moves to its blocked layout and
+    prefixes the nodes of a function body it inlines (``_inlfunc_<op>_[token_<n>_]``)."""
     by_name = {n.name: n.layer for n in plan.nodes if n.layer}
     by_value = {n.output: n.layer for n in plan.nodes if n.layer}
+
+    def layer(name: str) -> str | None:
+        head = INLINED.sub("", name).split("/", 1)[0].removesuffix("_nchwc")
+        return by_name.get(head) or by_value.get(head)
+
+    return layer
+
+
+def layer_times(plan: Plan, times: dict[str, float]) -> dict[str, float]:
+    """``times`` (node name -> ms) summed per layer of ``plan`` (:func:`node_layer`); nodes of no
+    layer (onnxruntime's layout reorders) are left out."""
+    layer_of = node_layer(plan)
     out: dict[str, float] = defaultdict(float)
     for name, t in times.items():
-        head = INLINED.sub("", name).split("/", 1)[0].removesuffix("_nchwc")
-        layer = by_name.get(head) or by_value.get(head)
+        layer = layer_of(name)
         if layer:
             out[layer] += t
     return dict(out)
